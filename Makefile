@@ -1,0 +1,43 @@
+# Every target creates or refreshes .venv by itself: a fresh machine needs only python3 and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEV_STAMP := $(VENV)/.dev-installed
+BENCH_STAMP := $(VENV)/.bench-installed
+PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
+
+.PHONY: test lint typecheck unit demo bench soak clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(DEV_STAMP): pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+$(BENCH_STAMP): pyproject.toml $(DEV_STAMP)
+	$(PIP) install -e '.[dev,bench]'
+	touch $@
+
+test: lint typecheck unit
+
+lint: $(DEV_STAMP)
+	$(BIN)/ruff check src tests benchmarks examples
+
+typecheck: $(DEV_STAMP)
+	$(BIN)/mypy
+
+unit: $(DEV_STAMP)
+	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+soak: $(DEV_STAMP)
+	$(BIN)/python -m pytest -m soak -p no:xdist
+
+demo: $(DEV_STAMP)
+	$(BIN)/buttress demo
+
+bench: $(BENCH_STAMP)
+	$(BIN)/python benchmarks/run.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -1,0 +1,631 @@
+"""Settings for every buttress layer, read from ``BUTTRESS_*`` environment variables.
+
+# Strategy: one frozen dataclass, one table of fields. Each field names its variable,
+# its parser and a one-line help text; the README's configuration table is generated
+# from (and tested against) the same table, so the docs cannot drift. Every bad
+# variable is collected before raising, so one start-up shows every mistake at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+import ipaddress
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
+
+__all__ = [
+    "FIELDS",
+    "ConfigError",
+    "ConfigWarning",
+    "Field",
+    "Settings",
+]
+
+PREFIX = "BUTTRESS_"
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(ValueError):
+    """One or more settings are invalid; the message lists each, with a hint."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("Invalid buttress configuration:\n  " + "\n  ".join(problems))
+
+
+class ConfigWarning(UserWarning):
+    """A ``BUTTRESS_*`` variable that no setting reads (most likely a typo)."""
+
+
+class _Invalid(ValueError):
+    """Raised by a parser; the text says what is accepted."""
+
+
+# --- parsers: str -> value, raising _Invalid with what is accepted ------------------------
+
+
+def _bool(raw: str) -> bool:
+    low = raw.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise _Invalid("expected true or false (also 1/0, yes/no, on/off)")
+
+
+def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().upper() if upper else raw.strip().lower()
+        if value not in choices:
+            raise _Invalid("expected one of " + ", ".join(choices))
+        return value
+
+    return parse
+
+
+def _optional_choice(*choices: str) -> Callable[[str], str | None]:
+    inner = _choice(*choices)
+
+    def parse(raw: str) -> str | None:
+        return inner(raw) if raw.strip() else None
+
+    return parse
+
+
+def _int_range(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(raw: str) -> int:
+        try:
+            value = int(raw.strip())
+        except ValueError:
+            raise _Invalid(f"expected a whole number from {lo} to {hi}") from None
+        if not lo <= value <= hi:
+            raise _Invalid(f"expected a whole number from {lo} to {hi}")
+        return value
+
+    return parse
+
+
+def _float_range(lo: float, hi: float, what: str = "a number") -> Callable[[str], float]:
+    def parse(raw: str) -> float:
+        try:
+            value = float(raw.strip())
+        except ValueError:
+            raise _Invalid(f"expected {what} from {lo:g} to {hi:g}") from None
+        if not lo <= value <= hi or value != value:
+            raise _Invalid(f"expected {what} from {lo:g} to {hi:g}")
+        return value
+
+    return parse
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _secret(raw: str) -> str | None:
+    return raw.strip() or None
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _paths(raw: str) -> tuple[str, ...]:
+    paths = _csv(raw)
+    for path in paths:
+        if not path.startswith("/"):
+            raise _Invalid(f"{path!r} is not a path; write paths like '/metrics,/healthz'")
+    return paths
+
+
+def _path_or_empty(raw: str) -> str:
+    path = raw.strip()
+    if path and (not path.startswith("/") or any(c.isspace() for c in path)):
+        raise _Invalid("expected a path starting with '/' (or empty to disable)")
+    return path
+
+
+_HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _header_name(raw: str) -> str:
+    name = raw.strip()
+    if not _HEADER_TOKEN.fullmatch(name):
+        raise _Invalid("expected an HTTP header name such as 'X-Request-ID'")
+    return name
+
+
+def _networks(raw: str) -> tuple[IPNetwork, ...]:
+    nets = []
+    for part in _csv(raw):
+        try:
+            nets.append(ipaddress.ip_network(part, strict=False))
+        except ValueError:
+            raise _Invalid(
+                f"{part!r} is not an IP address or CIDR; write them like '10.0.0.0/8,127.0.0.1'"
+            ) from None
+    return tuple(nets)
+
+
+def _buckets(raw: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(part) for part in _csv(raw))
+    except ValueError:
+        raise _Invalid("expected comma-separated seconds like '0.01,0.1,1,10'") from None
+    if not values or any(v <= 0 for v in values) or list(values) != sorted(set(values)):
+        raise _Invalid("expected increasing positive seconds like '0.01,0.1,1,10'")
+    return values
+
+
+def _status_codes(raw: str) -> frozenset[int]:
+    codes: set[int] = set()
+    hint = "expected status codes and ranges like '500-599' or '409,500-599'"
+    for part in _csv(raw):
+        lo_s, _, hi_s = part.partition("-")
+        try:
+            lo = int(lo_s)
+            hi = int(hi_s) if hi_s else lo
+        except ValueError:
+            raise _Invalid(hint) from None
+        if not 100 <= lo <= hi <= 599:
+            raise _Invalid(hint)
+        codes.update(range(lo, hi + 1))
+    return frozenset(codes)
+
+
+def _json_object(raw: str, hint: str) -> dict[str, Any]:
+    if not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        raise _Invalid(f"expected a JSON object, {hint}") from None
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a JSON object, {hint}")
+    return value
+
+
+def _exception_map(raw: str) -> dict[type[BaseException], int]:
+    hint = """like '{"myapp.errors:UserAlreadyExists": 409}'"""
+    out: dict[type[BaseException], int] = {}
+    for path, status in _json_object(raw, hint).items():
+        if not isinstance(status, int) or not 400 <= status <= 599:
+            raise _Invalid(f"status for {path!r} must be a number from 400 to 599, {hint}")
+        out[_import_exception(path)] = status
+    return out
+
+
+def _import_exception(path: str) -> type[BaseException]:
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise _Invalid(f"{path!r} is not an import path like 'myapp.errors:UserAlreadyExists'")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except (ImportError, AttributeError) as exc:
+        raise _Invalid(f"cannot import {path!r}: {exc}") from None
+    if not (isinstance(obj, type) and issubclass(obj, BaseException)):
+        raise _Invalid(f"{path!r} is not an exception class")
+    return obj
+
+
+def _path_groups(raw: str) -> dict[str, str]:
+    hint = """like '{"^/users/[0-9]+$": "/users/{id}"}'"""
+    groups = _json_object(raw, hint)
+    for pattern, template in groups.items():
+        if not isinstance(template, str):
+            raise _Invalid(f"template for {pattern!r} must be a string, {hint}")
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise _Invalid(f"{pattern!r} is not a regular expression ({exc}), {hint}") from None
+    return groups
+
+
+def _rate_limit(raw: str) -> str:
+    value = raw.strip()
+    if value:
+        _check_limit(value)
+    return value
+
+
+def _check_limit(value: str) -> None:
+    from limits import parse_many
+
+    try:
+        parse_many(value)
+    except ValueError:
+        raise _Invalid(
+            f"{value!r} is not a rate limit; write it like '100/minute' or '10/second;1000/hour'"
+        ) from None
+
+
+def _rate_limits(raw: str) -> dict[str, str]:
+    hint = """like '{"POST /auth/login": "10/minute", "/reports/{id}": "30/minute"}'"""
+    limits_map = _json_object(raw, hint)
+    for key, value in limits_map.items():
+        if not isinstance(value, str):
+            raise _Invalid(f"limit for {key!r} must be a string, {hint}")
+        _check_limit(value)
+        pattern = key.split(" ", 1)[-1]
+        if not pattern.startswith("/"):
+            raise _Invalid(f"{key!r} is not 'METHOD /path' or '/path', {hint}")
+    return limits_map
+
+
+def _rate_limit_key(raw: str) -> str:
+    value = raw.strip()
+    if value == "ip" or (value.startswith("header:") and _HEADER_TOKEN.fullmatch(value[7:])):
+        return value
+    raise _Invalid("expected 'ip' or 'header:<Name>' such as 'header:X-API-Key'")
+
+
+_STORAGE_SCHEMES = (
+    "memory",
+    "redis",
+    "rediss",
+    "redis+unix",
+    "redis+sentinel",
+    "redis+cluster",
+    "memcached",
+)
+
+
+def _storage(raw: str) -> str:
+    value = raw.strip()
+    scheme = value.partition("://")[0]
+    if "://" not in value or scheme not in _STORAGE_SCHEMES:
+        raise _Invalid(
+            "expected a storage URI starting with " + ", ".join(f"{s}://" for s in _STORAGE_SCHEMES)
+        )
+    return value
+
+
+# --- the table --------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Field:
+    """One setting: its variable, parser, default as written in the environment, and help."""
+
+    name: str
+    parse: Callable[[str], Any]
+    default: str
+    help: str
+    secret: bool = False
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.name.upper()
+
+
+FIELDS: tuple[Field, ...] = (
+    # foundation: context and logging
+    Field(
+        "env",
+        _choice("production", "development"),
+        "production",
+        "`production` or `development` (console logs, rich tracebacks with locals).",
+    ),
+    Field(
+        "log_level",
+        _choice(*LOG_LEVELS, upper=True),
+        "INFO",
+        "Lowest level written, for structlog and the standard library alike.",
+    ),
+    Field(
+        "log_format",
+        _optional_choice("json", "console"),
+        "",
+        "`json` or `console`; empty means `json` in production, `console` in development.",
+    ),
+    Field(
+        "configure_logging",
+        _bool,
+        "true",
+        "Let `wrap()` call `configure_logging()`; false leaves logging to you.",
+    ),
+    Field("access_log", _bool, "true", "One access-log event per HTTP request."),
+    Field(
+        "access_log_exclude",
+        _paths,
+        "",
+        "Comma-separated paths never access-logged; empty means the metrics path.",
+    ),
+    Field(
+        "request_id_header",
+        _header_name,
+        "X-Request-ID",
+        "Header read for an incoming request id and echoed on every response.",
+    ),
+    Field(
+        "trusted_proxies",
+        _networks,
+        "",
+        "Comma-separated IPs/CIDRs whose `Forwarded`/`X-Forwarded-For` is believed.",
+    ),
+    # errors and Sentry
+    Field(
+        "exception_map",
+        _exception_map,
+        "",
+        """JSON object of exception import paths to statuses, e.g. `{"app.errors:Conflict": 409}`.""",
+    ),
+    Field(
+        "error_body_limit",
+        _int_range(0, 16 * 1024 * 1024),
+        "65536",
+        "Largest error body (bytes) buffered to normalize; larger ones pass unchanged.",
+    ),
+    Field(
+        "error_format",
+        _choice("detail", "problem"),
+        "detail",
+        '`detail` for `{"detail": ...}` or `problem` for RFC 9457 problem+json.',
+    ),
+    Field(
+        "sentry_status_codes",
+        _status_codes,
+        "500-599",
+        "Statuses reported to Sentry, e.g. `409,500-599`.",
+    ),
+    Field(
+        "sentry_traces_sample_rate",
+        _float_range(0.0, 1.0, "a rate"),
+        "0",
+        "Sentry performance tracing sample rate, 0 to 1.",
+    ),
+    # metrics
+    Field("metrics", _bool, "true", "The Prometheus metrics layer."),
+    Field(
+        "metrics_path",
+        _path_or_empty,
+        "/metrics",
+        "Path that serves the metrics; empty disables the endpoint.",
+    ),
+    Field(
+        "metrics_token",
+        _secret,
+        "",
+        "When set, `/metrics` requires `Authorization: Bearer <token>`.",
+        secret=True,
+    ),
+    Field("metrics_namespace", _str, "", "Prefix for every metric name."),
+    Field(
+        "metrics_buckets",
+        _buckets,
+        ",".join(f"{b:g}" for b in DEFAULT_BUCKETS),
+        "Latency histogram buckets in seconds.",
+    ),
+    Field(
+        "metrics_path_groups",
+        _path_groups,
+        "",
+        """JSON object of regex to route template for apps without templates.""",
+    ),
+    Field(
+        "metrics_max_routes",
+        _int_range(1, 1_000_000),
+        "1000",
+        "Most distinct `route` label values; past it, `<other>`.",
+    ),
+    Field("metrics_group_status", _bool, "false", "Report `status` as `2xx`, `4xx`, ..."),
+    # rate limiting
+    Field(
+        "rate_limit",
+        _rate_limit,
+        "",
+        "Default limit for every request, e.g. `100/minute;2000/hour`; empty means none.",
+    ),
+    Field(
+        "rate_limits",
+        _rate_limits,
+        "",
+        """JSON object of `METHOD /pattern` or `/pattern` to limit.""",
+    ),
+    Field("rate_limit_key", _rate_limit_key, "ip", "`ip` or `header:<Name>` (falls back to ip)."),
+    Field(
+        "rate_limit_strategy",
+        _choice("fixed-window", "moving-window", "sliding-window-counter"),
+        "sliding-window-counter",
+        "`fixed-window`, `moving-window` or `sliding-window-counter`.",
+    ),
+    Field(
+        "rate_limit_storage",
+        _storage,
+        "memory://",
+        "`memory://`, `redis://`, `rediss://`, `redis+sentinel://`, `redis+cluster://`, "
+        "`memcached://`.",
+        secret=True,
+    ),
+    Field(
+        "rate_limit_exempt",
+        _paths,
+        "",
+        "Comma-separated paths never limited; empty means the metrics path.",
+    ),
+    Field(
+        "rate_limit_allow", _csv, "", "Comma-separated IPs/CIDRs or keys that are never limited."
+    ),
+    Field(
+        "rate_limit_headers", _bool, "true", "Send `RateLimit-*` headers on allowed responses too."
+    ),
+    Field(
+        "rate_limit_fail_open",
+        _bool,
+        "true",
+        "When the storage is down, let requests pass (true) or answer 503 (false).",
+    ),
+    # retries
+    Field("retry_attempts", _int_range(1, 100), "3", "Attempts made by `buttress.retry`."),
+    Field(
+        "retry_wait_min",
+        _float_range(0.0, 3600.0, "seconds"),
+        "0.5",
+        "Shortest wait between retries, seconds.",
+    ),
+    Field(
+        "retry_wait_max",
+        _float_range(0.0, 3600.0, "seconds"),
+        "4",
+        "Longest wait between retries, seconds.",
+    ),
+)
+
+_BY_NAME = {f.name: f for f in FIELDS}
+_BY_ENV = {f.env: f for f in FIELDS}
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every buttress setting; build it with ``Settings.from_env()``."""
+
+    env: Literal["production", "development"]
+    log_level: str
+    log_format: Literal["json", "console"] | None
+    configure_logging: bool
+    access_log: bool
+    access_log_exclude: tuple[str, ...]
+    request_id_header: str
+    trusted_proxies: tuple[IPNetwork, ...]
+    exception_map: Mapping[type[BaseException], int]
+    error_body_limit: int
+    error_format: Literal["detail", "problem"]
+    sentry_status_codes: frozenset[int]
+    sentry_traces_sample_rate: float
+    metrics: bool
+    metrics_path: str
+    metrics_token: str | None
+    metrics_namespace: str
+    metrics_buckets: tuple[float, ...]
+    metrics_path_groups: Mapping[str, str]
+    metrics_max_routes: int
+    metrics_group_status: bool
+    rate_limit: str
+    rate_limits: Mapping[str, str]
+    rate_limit_key: Any  # "ip", "header:<Name>", or a (sync or async) callable of the scope
+    rate_limit_strategy: str
+    rate_limit_storage: str
+    rate_limit_exempt: tuple[str, ...]
+    rate_limit_allow: tuple[str, ...]
+    rate_limit_headers: bool
+    rate_limit_fail_open: bool
+    retry_attempts: int
+    retry_wait_min: float
+    retry_wait_max: float
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Read ``BUTTRESS_*`` variables from ``environ`` (default ``os.environ``).
+
+        Keyword overrides win over the environment and may be parsed values or strings.
+        Raises ``ConfigError`` naming every bad variable, its value and what is accepted.
+        """
+        env = os.environ if environ is None else environ
+        problems: list[str] = []
+        for key in overrides:
+            if key not in _BY_NAME:
+                close = difflib.get_close_matches(key, _BY_NAME, n=1)
+                hint = f"; did you mean {close[0]!r}?" if close else ""
+                problems.append(f"unknown setting {key!r}{hint}")
+        _warn_unknown(env)
+        values: dict[str, Any] = {}
+        for field in FIELDS:
+            if field.name in overrides:
+                value = overrides[field.name]
+                if isinstance(value, str) and field.parse is not _str:
+                    try:
+                        value = field.parse(value)
+                    except _Invalid as exc:
+                        problems.append(f"{field.name}={value!r}: {exc}")
+                        continue
+                values[field.name] = value
+                continue
+            raw = env.get(field.env)
+            source = raw if raw is not None else field.default
+            try:
+                values[field.name] = field.parse(source)
+            except _Invalid as exc:
+                problems.append(f"{field.env}={source!r}: {exc}")
+        if problems:
+            raise ConfigError(problems)
+        _derive(values)
+        return cls(**values)
+
+    @property
+    def development(self) -> bool:
+        return self.env == "development"
+
+    @property
+    def effective_log_format(self) -> Literal["json", "console"]:
+        if self.log_format is not None:
+            return self.log_format
+        return "console" if self.development else "json"
+
+    def redacted(self) -> dict[str, str]:
+        """Each setting's variable and value as text, secrets masked (for ``buttress config``)."""
+        out: dict[str, str] = {}
+        for field in FIELDS:
+            value = getattr(self, field.name)
+            if field.secret and value:
+                text = _mask(str(value))
+            elif isinstance(value, (tuple, frozenset)):
+                text = ",".join(
+                    str(v) for v in (sorted(value) if isinstance(value, frozenset) else value)
+                )
+            elif isinstance(value, Mapping):
+                text = json.dumps({_qualname(k): v for k, v in value.items()})
+            elif isinstance(value, bool):
+                text = str(value).lower()
+            elif value is None:
+                text = ""
+            else:
+                text = str(value)
+            out[field.env] = text
+        return out
+
+
+def _qualname(key: object) -> str:
+    if isinstance(key, type):
+        return f"{key.__module__}:{key.__qualname__}"
+    return str(key)
+
+
+def _mask(value: str) -> str:
+    # A storage URI keeps its scheme and host so the operator can see where it points.
+    match = re.match(r"^([a-z+]+://)(?:[^@/]*@)?(.*)$", value)
+    if match and "://" in value:
+        userinfo = "***@" if "@" in value.split("/")[2] else ""
+        return f"{match.group(1)}{userinfo}{match.group(2)}"
+    return "***"
+
+
+def _derive(values: dict[str, Any]) -> None:
+    """Fill the defaults that depend on other settings."""
+    metrics_path = values["metrics_path"]
+    default_exempt = (metrics_path,) if metrics_path else ()
+    if not values["access_log_exclude"]:
+        values["access_log_exclude"] = default_exempt
+    if not values["rate_limit_exempt"]:
+        values["rate_limit_exempt"] = default_exempt
+
+
+def _warn_unknown(env: Mapping[str, str]) -> None:
+    for key in env:
+        if key.startswith(PREFIX) and key not in _BY_ENV and key != "BUTTRESS_TEST_REDIS_URL":
+            close = difflib.get_close_matches(key, _BY_ENV, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            warnings.warn(
+                f"{key} is not a buttress setting and is ignored{hint}",
+                ConfigWarning,
+                stacklevel=3,
+            )

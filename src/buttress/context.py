@@ -1,0 +1,278 @@
+"""Request context: the request id, trace ids and client IP of the request being served.
+
+The values live in ContextVars behind accessor functions, so app code (and the log
+processors, and Sentry's ``before_send``) can read them without being handed a request.
+Every value is set with a token and reset in ``finally``: nothing leaks into the next
+request served by the same task or connection.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from contextvars import ContextVar
+
+import structlog
+
+from buttress._asgi import INFO_KEY, ASGIApp, Headers, Message, Receive, RequestInfo, Scope, Send
+from buttress.config import IPNetwork, Settings
+
+__all__ = [
+    "RequestContextMiddleware",
+    "client_ip",
+    "get_client_ip",
+    "get_request_id",
+    "get_trace_id",
+    "new_request_id",
+    "parse_traceparent",
+    "valid_request_id",
+]
+
+_request_id: ContextVar[str | None] = ContextVar("buttress_request_id", default=None)
+_trace_id: ContextVar[str | None] = ContextVar("buttress_trace_id", default=None)
+_client_ip: ContextVar[str | None] = ContextVar("buttress_client_ip", default=None)
+
+_REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
+_TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def get_request_id() -> str | None:
+    """The id of the request being served in this context, or None outside a request."""
+    return _request_id.get()
+
+
+def get_trace_id() -> str | None:
+    """The W3C trace id of the request being served, when it carried a valid traceparent."""
+    return _trace_id.get()
+
+
+def get_client_ip() -> str | None:
+    """The client IP of the request being served (after trusted-proxy resolution)."""
+    return _client_ip.get()
+
+
+def new_request_id() -> str:
+    """A fresh request id: 32 hex characters of a random (version 4) UUID."""
+    return uuid.UUID(bytes=os.urandom(16), version=4).hex
+
+
+def valid_request_id(raw: bytes | None) -> str | None:
+    """``raw`` as text when it is 1-128 characters of ``A-Z a-z 0-9 . _ : -``, else None."""
+    if raw is None or not _REQUEST_ID.fullmatch(raw):
+        return None
+    return raw.decode("ascii")
+
+
+def parse_traceparent(raw: bytes | None) -> tuple[str, str] | None:
+    """``(trace_id, span_id)`` from a valid W3C ``traceparent``, else None."""
+    if raw is None:
+        return None
+    match = _TRACEPARENT.fullmatch(raw.strip())
+    if match is None:
+        return None
+    version, trace_id, span_id, _flags, rest = match.groups()
+    # Version ff is forbidden; version 00 has nothing after the flags; all-zero ids are invalid.
+    if version == b"ff" or (version == b"00" and rest) or not trace_id.strip(b"0"):
+        return None
+    if not span_id.strip(b"0"):
+        return None
+    return trace_id.decode("ascii"), span_id.decode("ascii")
+
+
+# --- client IP --------------------------------------------------------------------------
+
+
+def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    text = text.strip().strip('"')
+    if text.startswith("["):  # Forwarded: for="[2001:db8::1]:4711"
+        text = text[1:].partition("]")[0]
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.partition(":")[0]
+    try:
+        return ipaddress.ip_address(text)
+    except ValueError:
+        return None
+
+
+def _forwarded_hops(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
+    """The client addresses the proxies recorded, nearest hop last.
+
+    ``Forwarded`` (RFC 7239) wins over ``X-Forwarded-For`` when both are present, since a
+    proxy that writes the standard header is the more deliberate one.
+    """
+    forwarded: list[str] = []
+    xff: list[str] = []
+    for key, value in headers:
+        name = key.lower()
+        if name == b"forwarded":
+            for element in value.decode("latin-1").split(","):
+                for pair in element.split(";"):
+                    k, _, v = pair.strip().partition("=")
+                    if k.lower() == "for":
+                        forwarded.append(v)
+        elif name == b"x-forwarded-for":
+            xff.extend(value.decode("latin-1").split(","))
+    return forwarded or xff
+
+
+def client_ip(scope: Scope, trusted: Sequence[IPNetwork] = ()) -> str | None:
+    """The client's IP: the socket peer, or what trusted proxies say it was.
+
+    Forwarding headers are honoured only when the peer is in ``trusted``; the hops are
+    walked right to left, skipping trusted proxies, and the first untrusted address is
+    the client. A malformed hop stops the walk at the last address we could trust.
+    """
+    client = scope.get("client")
+    peer: str | None = client[0] if client else None
+    if not trusted or peer is None:
+        return peer
+    peer_ip = _parse_ip(peer)
+    if peer_ip is None or not _is_trusted(peer_ip, trusted):
+        return peer
+    current: str = peer
+    for hop in reversed(_forwarded_hops(scope.get("headers", ()))):
+        ip = _parse_ip(hop)
+        if ip is None:
+            break
+        current = str(ip)
+        if not _is_trusted(ip, trusted):
+            break
+    return current
+
+
+def _is_trusted(
+    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Sequence[IPNetwork]
+) -> bool:
+    return any(ip in net for net in nets)
+
+
+# --- the middleware ---------------------------------------------------------------------
+
+
+class RequestContextMiddleware:
+    """Gives every request an id, binds it (and more) to every log line, logs the request.
+
+    The request id is echoed on every response, including the ones inner layers reject or
+    crash on. Exactly one access-log event is written per HTTP request, when it ends, also
+    when the app raises or the client goes away. ``websocket`` scopes get the id and the
+    bound context but no header rewriting or access log; ``lifespan`` passes through.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings | None = None,
+        request_id_header: str | None = None,
+        trusted_proxies: Sequence[IPNetwork] | None = None,
+        access_log: bool | None = None,
+        access_log_exclude: Iterable[str] | None = None,
+    ) -> None:
+        from buttress.logs import AccessLogger
+
+        s = settings or Settings.from_env()
+        self.app = app
+        header = request_id_header or s.request_id_header
+        self._header = header.lower().encode("latin-1")
+        self._trusted = tuple(s.trusted_proxies if trusted_proxies is None else trusted_proxies)
+        enabled = s.access_log if access_log is None else access_log
+        exclude = s.access_log_exclude if access_log_exclude is None else tuple(access_log_exclude)
+        self._access = AccessLogger() if enabled else None
+        self._exclude = frozenset(exclude)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind != "http" and kind != "websocket":
+            await self.app(scope, receive, send)
+            return
+        info: RequestInfo | None = scope.get(INFO_KEY)
+        if info is not None:  # an outer buttress context layer already did the work
+            await self.app(scope, receive, send)
+            return
+
+        headers = scope.get("headers") or ()
+        incoming: bytes | None = None
+        traceparent: bytes | None = None
+        for key, value in headers:
+            if key == self._header:
+                incoming = value
+            elif key == b"traceparent":
+                traceparent = value
+        request_id = valid_request_id(incoming) if incoming is not None else None
+        if request_id is None:
+            request_id = new_request_id()
+        ip = client_ip(scope, self._trusted)
+        info = RequestInfo(request_id, ip, scope.get("root_path", ""))
+        scope[INFO_KEY] = info
+        path = scope.get("path", "")
+
+        bound = {
+            "request_id": request_id,
+            "method": scope.get("method", "WS") if kind == "http" else "WEBSOCKET",
+            "path": path,
+            "client_ip": ip,
+        }
+        trace = parse_traceparent(traceparent) if traceparent is not None else None
+        if trace is not None:
+            info.trace_id = trace[0]
+            bound["trace_id"], bound["span_id"] = trace
+        tokens = structlog.contextvars.bind_contextvars(**bound)
+        rid_token = _request_id.set(request_id)
+        ip_token = _client_ip.set(ip)
+        tid_token = _trace_id.set(info.trace_id)
+
+        if kind == "websocket":
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                _trace_id.reset(tid_token)
+                _client_ip.reset(ip_token)
+                _request_id.reset(rid_token)
+                structlog.contextvars.reset_contextvars(**tokens)
+            return
+
+        id_header = (self._header, request_id.encode("ascii"))
+        sent = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal sent
+            if message["type"] == "http.response.start":
+                info.status = message["status"]
+                message["headers"] = _with_header(message.get("headers"), id_header)
+            elif message["type"] == "http.response.body":
+                sent += len(message.get("body", b""))
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_with_id)
+        except BaseException as exc:
+            error = exc
+            raise
+        finally:
+            try:
+                if self._access is not None and path not in self._exclude:
+                    self._access.log(scope, info, sent, error)
+            finally:
+                _trace_id.reset(tid_token)
+                _client_ip.reset(ip_token)
+                _request_id.reset(rid_token)
+                structlog.contextvars.reset_contextvars(**tokens)
+
+
+def _with_header(
+    headers: Iterable[tuple[bytes, bytes]] | None, header: tuple[bytes, bytes]
+) -> Headers:
+    """The response headers with ours in place of any the app set itself."""
+    name = header[0]
+    out = [h for h in headers or () if h[0].lower() != name]
+    out.append(header)
+    return out
+
+
+def elapsed_ms(info: RequestInfo) -> float:
+    return (time.perf_counter() - info.start) * 1000.0
