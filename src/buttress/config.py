@@ -629,3 +629,13 @@ def _warn_unknown(env: Mapping[str, str]) -> None:
                 ConfigWarning,
                 stacklevel=3,
             )
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from ``FIELDS`` (a test compares them)."""
+    rows = ["| variable | default | meaning |", "|---|---|---|"]
+    for field in FIELDS:
+        default = f"`{field.default}`" if field.default else "(empty)"
+        meaning = field.help.replace("|", "\\|")
+        rows.append(f"| `{field.env}` | {default} | {meaning} |")
+    return "\n".join(rows)
