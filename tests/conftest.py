@@ -132,7 +132,10 @@ def stop(proc: subprocess.Popen[Any]) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-    return proc.stdout.read() if proc.stdout else ""
+    if proc.stdout is None:
+        return ""
+    with proc.stdout:
+        return proc.stdout.read()
 
 
 def start_server(
@@ -155,3 +158,11 @@ def start_server(
         stop(proc)
         raise
     return proc, port
+
+
+@pytest.fixture
+def redis_server() -> Iterator[Any]:
+    """A real Redis (``BUTTRESS_TEST_REDIS_URL`` or a fresh redis-server); ``.url``, ``.stop()``."""
+    from tests.redis_server import redis_server as _redis_server
+
+    yield from _redis_server()

@@ -28,6 +28,8 @@ __all__ = [
 ]
 
 PREFIX = "BUTTRESS_"
+#: ``BUTTRESS_*`` variables that are not settings: the CLI's hand-off and the test suite's Redis.
+NOT_SETTINGS = frozenset({"BUTTRESS_RUN_APP", "BUTTRESS_TEST_REDIS_URL"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -504,7 +506,7 @@ class Settings:
     sentry_traces_sample_rate: float
     metrics: bool
     metrics_path: str
-    metrics_token: str | None
+    metrics_token: str | None = dataclasses.field(repr=False)
     metrics_namespace: str
     metrics_buckets: tuple[float, ...]
     metrics_path_groups: Mapping[str, str]
@@ -514,7 +516,7 @@ class Settings:
     rate_limits: Mapping[str, str]
     rate_limit_key: Any  # "ip", "header:<Name>", or a (sync or async) callable of the scope
     rate_limit_strategy: str
-    rate_limit_storage: str
+    rate_limit_storage: str = dataclasses.field(repr=False)
     rate_limit_exempt: tuple[str, ...]
     rate_limit_allow: tuple[str, ...]
     rate_limit_headers: bool
@@ -621,7 +623,7 @@ def _derive(values: dict[str, Any]) -> None:
 
 def _warn_unknown(env: Mapping[str, str]) -> None:
     for key in env:
-        if key.startswith(PREFIX) and key not in _BY_ENV and key != "BUTTRESS_TEST_REDIS_URL":
+        if key.startswith(PREFIX) and key not in _BY_ENV and key not in NOT_SETTINGS:
             close = difflib.get_close_matches(key, _BY_ENV, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             warnings.warn(

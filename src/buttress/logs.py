@@ -50,7 +50,8 @@ class _LoggerFactory:
 
 def _add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     if "logger" not in event_dict:
-        name = getattr(logger, "name", None)
+        record = event_dict.get("_record")
+        name = record.name if record is not None else getattr(logger, "name", None)
         if name:
             event_dict["logger"] = name
     return event_dict

@@ -20,7 +20,9 @@ from typing import Any
 from buttress._asgi import ASGIApp
 from buttress.config import Settings
 
-__all__ = ["wrap"]
+__all__ = ["is_stack", "wrap"]
+
+_STACK_MARK = "_buttress_stack"
 
 
 def wrap(app: Any, settings: Settings | None = None, **overrides: Any) -> ASGIApp:
@@ -52,8 +54,14 @@ def wrap(app: Any, settings: Settings | None = None, **overrides: Any) -> ASGIAp
     stack = ErrorMiddleware(stack, settings=settings)
     if settings.metrics:
         stack = MetricsMiddleware(stack, settings=settings, registry=registry)
-    stack = RequestContextMiddleware(stack, settings=settings)
-    return stack
+    outer = RequestContextMiddleware(stack, settings=settings)
+    setattr(outer, _STACK_MARK, True)
+    return outer
+
+
+def is_stack(app: Any) -> bool:
+    """Whether ``app`` is already what ``wrap()`` returns (so it is not wrapped twice)."""
+    return getattr(app, _STACK_MARK, False) is True
 
 
 def _as_overrides(settings: Settings) -> dict[str, Any]:

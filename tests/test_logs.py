@@ -1,0 +1,224 @@
+"""Logging: one JSON access line per request, one format for every logger, safe rendering."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+import structlog
+
+import buttress
+from buttress import RequestContextMiddleware
+from tests.asgi_driver import call, http_scope
+from tests.conftest import LogCapture, client_for
+
+
+def _settings(**kw: Any) -> buttress.Settings:
+    return buttress.Settings.from_env({}, **kw)
+
+
+async def _ok(scope: Any, receive: Any, send: Any) -> None:
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain")],
+        }
+    )
+    await send({"type": "http.response.body", "body": b"hello"})
+
+
+async def test_one_access_line_per_request_with_its_fields(
+    app: Any, framework: str, logs: LogCapture
+) -> None:
+    """Each request writes exactly one access event with method, path, route, status and timing."""
+    stack = buttress.wrap(app, configure_logging=False)
+    async with client_for(stack) as client:
+        response = await client.get("/items/42", headers={"User-Agent": "probe/1.0"})
+    (line,) = logs.access
+    assert line["event"] == "request"
+    assert line["method"] == "GET"
+    assert line["path"] == "/items/42"
+    # a raw ASGI app exposes no template
+    assert line["route"] == (None if framework == "raw" else "/items/{item_id}")
+    assert line["status"] == 200
+    assert line["level"] == "info"
+    assert line["client_ip"] == "203.0.113.7"
+    assert line["user_agent"] == "probe/1.0"
+    assert line["request_id"] == response.headers["x-request-id"]
+    assert line["response_bytes"] == len(response.content)
+    assert isinstance(line["duration_ms"], float) and line["duration_ms"] >= 0
+    assert line["timestamp"].endswith("Z")
+
+
+@pytest.mark.parametrize(
+    ("status", "level"),
+    [(200, "info"), (302, "info"), (404, "warning"), (429, "warning"), (503, "error")],
+)
+async def test_access_level_follows_status(status: int, level: str, logs: LogCapture) -> None:
+    """Below 400 is info, 4xx is a warning, 5xx an error."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    await call(RequestContextMiddleware(app, settings=_settings()), http_scope())
+    assert [(line["status"], line["level"]) for line in logs.access] == [(status, level)]
+
+
+async def test_excluded_paths_are_not_access_logged(logs: LogCapture) -> None:
+    """The metrics path (by default) and configured paths write no access line."""
+    stack = RequestContextMiddleware(
+        _ok, settings=_settings(access_log_exclude="/healthz,/metrics")
+    )
+    for path in ("/healthz", "/metrics", "/ok"):
+        await call(stack, http_scope(path=path))
+    assert [line["path"] for line in logs.access] == ["/ok"]
+
+
+async def test_access_log_can_be_turned_off(logs: LogCapture) -> None:
+    """BUTTRESS_ACCESS_LOG=false writes no access lines but keeps the request id."""
+    stack = RequestContextMiddleware(_ok, settings=_settings(access_log="false"))
+    messages = await call(stack, http_scope())
+    assert logs.access == []
+    assert dict(messages[0]["headers"])[b"x-request-id"]
+
+
+async def test_hostile_path_stays_on_one_json_line(logs: LogCapture) -> None:
+    """Newlines and control characters in the path are escaped, never splitting a line."""
+    path = '/a\nb\r\x00\x1b[31m"}{"level":"critical'
+    await call(RequestContextMiddleware(_ok, settings=_settings()), http_scope(path=path))
+    raw = logs.text.splitlines()
+    assert len(raw) == 1
+    assert json.loads(raw[0])["path"] == path
+
+
+async def test_lone_surrogates_do_not_lose_the_line(logs: LogCapture) -> None:
+    """A path a server decoded with surrogate escapes still produces a parseable line."""
+    path = "/caf\udce9"
+    await call(RequestContextMiddleware(_ok, settings=_settings()), http_scope(path=path))
+    (line,) = logs.access
+    assert line["status"] == 200 and line["path"].startswith("/caf")
+
+
+async def test_http10_without_host_or_client(logs: LogCapture) -> None:
+    """An HTTP/1.0 request with no Host header and no peer address is served and logged."""
+    scope = http_scope(headers=[], http_version="1.0")
+    del scope["client"]
+    messages = await call(RequestContextMiddleware(_ok, settings=_settings()), scope)
+    assert messages[0]["status"] == 200
+    (line,) = logs.access
+    assert line["client_ip"] is None and line["user_agent"] is None
+
+
+async def test_disconnected_client_is_logged_once(logs: LogCapture) -> None:
+    """A request cancelled because the client left is logged once, as 499."""
+    started = asyncio.Event()
+
+    async def hang(scope: Any, receive: Any, send: Any) -> None:
+        started.set()
+        await asyncio.sleep(3600)
+
+    task = asyncio.ensure_future(
+        call(RequestContextMiddleware(hang, settings=_settings()), http_scope())
+    )
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert [line["status"] for line in logs.access] == [499]
+
+
+async def test_stdlib_logging_uses_the_same_json_format(logs: LogCapture) -> None:
+    """Standard-library loggers (uvicorn, the app's) write the same JSON, with request context."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        logging.getLogger("myapp.db").warning("slow query %s", "users", extra={"ms": 812})
+        await _ok(scope, receive, send)
+
+    await call(
+        RequestContextMiddleware(app, settings=_settings()),
+        http_scope(headers=[(b"x-request-id", b"std-1")]),
+    )
+    (line,) = [line for line in logs.lines if line.get("logger") == "myapp.db"]
+    assert line["event"] == "slow query users"
+    assert line["level"] == "warning"
+    assert line["ms"] == 812
+    assert line["request_id"] == "std-1"
+    assert "message" not in line
+
+
+def test_configure_logging_twice_adds_no_second_handler() -> None:
+    """Calling configure_logging again replaces its handler instead of doubling lines."""
+    stream = io.StringIO()
+    settings = _settings()
+    try:
+        buttress.configure_logging(settings, stream=stream)
+        buttress.configure_logging(settings, stream=stream)
+        ours = [h for h in logging.getLogger().handlers if getattr(h, "_buttress_handler", False)]
+        assert len(ours) == 1
+        logging.getLogger("x").warning("once")
+        assert stream.getvalue().count("once") == 1
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if getattr(h, "_buttress_handler", False):
+                logging.getLogger().removeHandler(h)
+
+
+def test_level_filters_structlog_and_stdlib(logs: LogCapture) -> None:
+    """BUTTRESS_LOG_LEVEL applies to structlog and the standard library alike."""
+    buttress.configure_logging(_settings(log_level="WARNING"), stream=logs.stream)
+    structlog.get_logger("a").info("hidden")
+    logging.getLogger("b").info("hidden too")
+    structlog.get_logger("a").warning("shown")
+    assert [line["event"] for line in logs.lines] == ["shown"]
+
+
+def test_exceptions_are_structured_without_locals(logs: LogCapture) -> None:
+    """In JSON, an exception is structured data, and local variables never appear."""
+    from tests.apps import SECRET, _boom
+
+    try:
+        _boom()
+    except RuntimeError:
+        structlog.get_logger("app").exception("failed")
+    (line,) = logs.events("failed")
+    trace = line["exception"]
+    assert isinstance(trace, list) and trace[0]["exc_type"] == "RuntimeError"
+    assert trace[0]["frames"]
+    assert SECRET not in logs.text
+
+
+def test_console_format_is_readable_and_one_line_per_event() -> None:
+    """The console renderer writes a coloured line per event, control characters escaped."""
+    stream = io.StringIO()
+    try:
+        buttress.configure_logging(_settings(env="development"), stream=stream)
+        structlog.get_logger("app").info("hello", path="/a\nb")
+        text = stream.getvalue()
+        assert "hello" in text and "\x1b[" in text
+        assert text.count("\n") == 1 and "\\x0a" in text
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if getattr(h, "_buttress_handler", False):
+                logging.getLogger().removeHandler(h)
+
+
+def test_uvicorn_loggers_go_through_buttress() -> None:
+    """uvicorn's error logger propagates to our handler and its access log is silenced."""
+    stream = io.StringIO()
+    try:
+        buttress.configure_logging(_settings(), stream=stream)
+        logging.getLogger("uvicorn.error").info("Started server process")
+        logging.getLogger("uvicorn.access").info("GET / 200")
+        lines = [json.loads(x) for x in stream.getvalue().splitlines()]
+        assert [x["event"] for x in lines] == ["Started server process"]
+        assert lines[0]["logger"] == "uvicorn.error"
+    finally:
+        for h in list(logging.getLogger().handlers):
+            if getattr(h, "_buttress_handler", False):
+                logging.getLogger().removeHandler(h)
