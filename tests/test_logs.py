@@ -222,3 +222,42 @@ def test_uvicorn_loggers_go_through_buttress() -> None:
         for h in list(logging.getLogger().handlers):
             if getattr(h, "_buttress_handler", False):
                 logging.getLogger().removeHandler(h)
+
+
+async def test_direct_access_line_matches_the_structlog_chain(logs: LogCapture) -> None:
+    """The fast access-log path writes the same keys, in the same order, as the processor chain."""
+    from buttress.logs import AccessLogger
+
+    fast = AccessLogger()
+    assert fast._direct is not None
+    slow = AccessLogger()
+    slow._direct = None
+    structlog.contextvars.bind_contextvars(request_id="r-1", user="u-9")
+    from buttress._asgi import RequestInfo
+
+    for logger in (fast, slow):
+        info = RequestInfo("r-1", "1.2.3.4", "")
+        info.status = 404
+        logger.log(http_scope(headers=[(b"user-agent", b"ua")]), info, 9, None)
+    first, second = logs.lines
+    assert list(first) == list(second)
+    for key in first:
+        if key not in ("timestamp", "duration_ms"):
+            assert first[key] == second[key], key
+    assert first["timestamp"][:19] == second["timestamp"][:19]
+    assert len(first["timestamp"]) == len(second["timestamp"])
+
+
+async def test_access_lines_respect_the_log_level(logs: LogCapture) -> None:
+    """With BUTTRESS_LOG_LEVEL=WARNING, successful requests write no access line, 4xx still do."""
+    buttress.configure_logging(_settings(log_level="WARNING"), stream=logs.stream)
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        status = 404 if scope["path"] == "/missing" else 200
+        await send({"type": "http.response.start", "status": status, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    stack = RequestContextMiddleware(app, settings=_settings(log_level="WARNING"))
+    await call(stack, http_scope(path="/ok"))
+    await call(stack, http_scope(path="/missing"))
+    assert [line["path"] for line in logs.access] == ["/missing"]
