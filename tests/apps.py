@@ -357,3 +357,65 @@ BUILDERS: dict[str, Callable[[], Any]] = {
 def build(name: str) -> Any:
     """A fresh app of framework ``name`` with the routes above."""
     return BUILDERS[name]()
+
+
+# --- routing shapes for the route-template resolver (tests/test_routes.py) ----------------
+
+
+def fastapi_nested_app() -> Any:
+    """FastAPI with nested prefixed routers and a mounted FastAPI sub-app.
+
+    ``GET /api/v1/users/{user_id}`` (router ``/users`` in router ``/v1`` included at ``/api``),
+    ``GET /plain/{x}``, ``GET /sub/things/{thing_id}`` (a sub-app mounted at ``/sub`` whose
+    router has the prefix ``/things``).
+    """
+    from fastapi import APIRouter, FastAPI
+
+    app = FastAPI()
+    users = APIRouter(prefix="/users")
+
+    @users.get("/{user_id}")
+    async def user(user_id: str) -> dict[str, str]:
+        return {"user_id": user_id}
+
+    v1 = APIRouter(prefix="/v1")
+    v1.include_router(users)
+    app.include_router(v1, prefix="/api")
+
+    @app.get("/plain/{x}")
+    async def plain(x: str) -> dict[str, str]:
+        return {"x": x}
+
+    sub = FastAPI()
+    things = APIRouter(prefix="/things")
+
+    @things.get("/{thing_id}")
+    async def thing(thing_id: str) -> dict[str, str]:
+        return {"thing_id": thing_id}
+
+    sub.include_router(things)
+    app.mount("/sub", sub)
+    return app
+
+
+def starlette_mounted_app() -> Any:
+    """Starlette with nested mounts: ``GET /a/{x}``, ``GET /m/n/{id}``; ``/m/...`` else 404.
+
+    ``/raw/...`` is a plain ASGI app (``raw_app``) mounted at ``/raw``.
+    """
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Mount, Route, Router
+
+    async def hello(request: Request) -> PlainTextResponse:
+        return PlainTextResponse("hello")
+
+    inner = Router(routes=[Route("/{id}", hello)])
+    return Starlette(
+        routes=[
+            Route("/a/{x}", hello),
+            Mount("/m", routes=[Mount("/n", app=inner)]),
+            Mount("/raw", app=raw_app()),
+        ]
+    )

@@ -35,7 +35,7 @@ def wrap(app: Any, settings: Settings | None = None, **overrides: Any) -> ASGIAp
     from buttress.context import RequestContextMiddleware
     from buttress.errors import ErrorMiddleware
     from buttress.logs import configure_logging
-    from buttress.metrics import MetricsMiddleware
+    from buttress.metrics import MetricsMiddleware, make_registry
     from buttress.ratelimit import RateLimitMiddleware
     from buttress.sentry import init_sentry
 
@@ -49,8 +49,11 @@ def wrap(app: Any, settings: Settings | None = None, **overrides: Any) -> ASGIAp
     init_sentry(settings)
     install_adapters(app)
 
+    if registry is None and settings.metrics:
+        registry = make_registry()  # one registry for every layer's metrics of this stack
+
     stack: ASGIApp = app
-    stack = RateLimitMiddleware(stack, settings=settings)
+    stack = RateLimitMiddleware(stack, settings=settings, registry=registry)
     stack = ErrorMiddleware(stack, settings=settings)
     if settings.metrics:
         stack = MetricsMiddleware(stack, settings=settings, registry=registry)
