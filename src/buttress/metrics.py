@@ -107,6 +107,35 @@ def make_registry() -> CollectorRegistry:
     return registry
 
 
+_process_registry: CollectorRegistry | None = None
+
+
+def default_registry() -> CollectorRegistry:
+    """The process-wide registry for metrics that belong to the process, not to a stack.
+
+    ``buttress.retry`` counts ``retries_total`` here unless given a registry, and every
+    ``MetricsMiddleware`` endpoint serves it next to its own stack's metrics. Created on
+    first use, never at import time.
+    """
+    global _process_registry
+    with _shared_lock:
+        if _process_registry is None:
+            _process_registry = CollectorRegistry()
+        return _process_registry
+
+
+class _Both:
+    """A registry view that collects a stack's registry and then the process-wide one."""
+
+    def __init__(self, first: CollectorRegistry, second: CollectorRegistry) -> None:
+        self._first = first
+        self._second = second
+
+    def collect(self) -> Any:
+        yield from self._first.collect()
+        yield from self._second.collect()
+
+
 _shared: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Any]] = weakref.WeakKeyDictionary()
 _shared_lock = threading.Lock()
 
@@ -505,9 +534,12 @@ class MetricsMiddleware:
         await send({"type": "http.response.start", "status": 200, "headers": out})
         await send({"type": "http.response.body", "body": b"" if method == "HEAD" else body})
 
-    def _scrape_registry(self) -> CollectorRegistry:
+    def _scrape_registry(self) -> Any:
         if not self._multiprocess:
-            return self.registry
+            process = _process_registry
+            if process is None or process is self.registry:
+                return self.registry
+            return _Both(self.registry, process)
         from prometheus_client import multiprocess
 
         directory = os.environ.get(MULTIPROC_ENV)

@@ -48,6 +48,10 @@ def wrap(app: Any, settings: Settings | None = None, **overrides: Any) -> ASGIAp
         configure_logging(settings)
     init_sentry(settings)
     install_adapters(app)
+    if settings.development:
+        from buttress.devmode import print_startup_summary
+
+        print_startup_summary(settings)
 
     if registry is None and settings.metrics:
         registry = make_registry()  # one registry for every layer's metrics of this stack

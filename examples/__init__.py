@@ -1,0 +1,1 @@
+"""Runnable examples: the same small service wrapped by buttress in every supported framework."""
