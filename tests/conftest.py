@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -113,8 +114,7 @@ def wait_for_port(port: int, proc: subprocess.Popen[Any], timeout: float = 20.0)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read() if proc.stdout else ""
-            raise RuntimeError(f"server exited with {proc.returncode}: {out!r}")
+            raise RuntimeError(f"server exited with {proc.returncode}: {_output(proc)!r}")
         try:
             with socket.create_connection(("127.0.0.1", port), timeout=0.2):
                 return
@@ -132,10 +132,24 @@ def stop(proc: subprocess.Popen[Any]) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+    out = _output(proc)
+    log = getattr(proc, "_buttress_log", None)
+    if log is not None:
+        log.close()
+    return out
+
+
+def _output(proc: subprocess.Popen[Any]) -> str:
+    """What the server wrote so far (to its log file, or its pipe once it has exited)."""
+    log = getattr(proc, "_buttress_log", None)
+    if log is not None:
+        log.flush()
+        log.seek(0)
+        return str(log.read())
     if proc.stdout is None:
         return ""
     with proc.stdout:
-        return proc.stdout.read()
+        return str(proc.stdout.read())
 
 
 def start_server(
@@ -144,14 +158,17 @@ def start_server(
     """Start ``python -m <args>`` (args include ``{port}``) and wait until it listens."""
     port = port or free_port()
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    # A file, not a pipe: a server that logs more than a pipe holds would block on write.
+    log = tempfile.TemporaryFile("w+", encoding="utf-8")
     proc = subprocess.Popen(
         [sys.executable, *[a.format(port=port) for a in args]],
         cwd=ROOT,
         env=full_env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
         text=True,
     )
+    proc._buttress_log = log  # type: ignore[attr-defined]
     try:
         wait_for_port(port, proc)
     except BaseException:
@@ -166,3 +183,18 @@ def redis_server() -> Iterator[Any]:
     from tests.redis_server import redis_server as _redis_server
 
     yield from _redis_server()
+
+
+@pytest.fixture
+def sentry_ingest() -> Iterator[Any]:
+    """A local Sentry ingest (tests/sentry_ingest.py); the Sentry client is closed after."""
+    import sentry_sdk
+
+    from tests.sentry_ingest import sentry_ingest as start_ingest
+
+    with start_ingest() as ingest:
+        try:
+            yield ingest
+        finally:
+            sentry_sdk.get_client().close()
+            sentry_sdk.get_global_scope().set_client(None)

@@ -30,6 +30,9 @@ async def _call(app: Any, scope: dict[str, Any], body: bytes, sent: list[dict[st
         if not delivered:
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
+        # A client that stays connected until the response is complete, as a real one does
+        # (frameworks that watch for a disconnect would otherwise abort every request).
+        await asyncio.Event().wait()
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:

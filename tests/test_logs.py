@@ -261,3 +261,48 @@ async def test_access_lines_respect_the_log_level(logs: LogCapture) -> None:
     await call(stack, http_scope(path="/ok"))
     await call(stack, http_scope(path="/missing"))
     assert [line["path"] for line in logs.access] == ["/missing"]
+
+
+async def test_access_log_and_metrics_agree_on_grouped_routes_and_abandoned_requests(
+    logs: LogCapture,
+) -> None:
+    """Path groups name the route in the access log too, and an abandoned request is 499 in both."""
+    from prometheus_client import CollectorRegistry
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        if scope["path"].startswith("/gone"):
+            await receive()
+            await receive()  # the client went away; nothing is answered
+            return
+        await _ok(scope, receive, send)
+
+    async def disconnecting_receive() -> dict[str, Any]:
+        return {"type": "http.disconnect"}
+
+    registry = CollectorRegistry()
+    stack = buttress.wrap(
+        raw,
+        configure_logging=False,
+        registry=registry,
+        metrics_path_groups='{"^/users/[0-9]+$": "/users/{id}"}',
+    )
+    await call(stack, http_scope(path="/users/42"))
+    sent: list[Any] = []
+
+    async def send(message: Any) -> None:
+        sent.append(message)
+
+    await stack(http_scope(path="/gone"), disconnecting_receive, send)
+    assert [(a["route"], a["status"]) for a in logs.access] == [("/users/{id}", 200), (None, 499)]
+    assert (
+        registry.get_sample_value(
+            "http_requests_total", {"method": "GET", "route": "/users/{id}", "status": "200"}
+        )
+        == 1.0
+    )
+    assert (
+        registry.get_sample_value(
+            "http_requests_total", {"method": "GET", "route": "<unmatched>", "status": "499"}
+        )
+        == 1.0
+    )

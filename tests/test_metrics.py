@@ -461,7 +461,10 @@ def test_shared_counter_is_idempotent() -> None:
 
 def test_prepare_multiprocess_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """Unset with workers > 1: a fresh directory is exported; set: it must be writable."""
-    monkeypatch.delenv(MULTIPROC_ENV, raising=False)
+    # set, then delete: monkeypatch then restores "unset" after the test, even though
+    # prepare_multiprocess_dir exports the variable itself
+    monkeypatch.setenv(MULTIPROC_ENV, "placeholder")
+    monkeypatch.delenv(MULTIPROC_ENV)
     assert prepare_multiprocess_dir(1) is None
     made = prepare_multiprocess_dir(2)
     assert made is not None and os.path.isdir(made) and os.listdir(made) == []

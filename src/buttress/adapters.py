@@ -13,11 +13,19 @@ installs the Quart and Litestar hooks by itself; Django needs ``DjangoMiddleware
 
 from __future__ import annotations
 
+import inspect
+import logging
 import re
 import weakref
 from typing import Any
 
-__all__ = ["DjangoMiddleware", "install_adapters", "install_litestar", "install_quart"]
+__all__ = [
+    "DjangoMiddleware",
+    "install_adapters",
+    "install_litestar",
+    "install_quart",
+    "install_starlette",
+]
 
 ROUTE_KEY = "buttress.route"
 EXCEPTION_KEY = "buttress.exception"
@@ -40,6 +48,43 @@ def install_adapters(app: Any) -> None:
         install_quart(app)
     elif module == "litestar":
         install_litestar(app)
+    elif module in ("starlette", "fastapi") and isinstance(
+        getattr(app, "exception_handlers", None), dict
+    ):
+        install_starlette(app)
+
+
+# --- Starlette and FastAPI --------------------------------------------------------------
+
+
+def install_starlette(app: Any) -> None:
+    """Hand each ``HTTPException`` the app answers to buttress, for Sentry (idempotent).
+
+    The framework still makes the response (its own handler, or the app's); buttress only
+    learns which exception it answered, so a configured status (``409``) can be reported.
+    """
+    from starlette.exceptions import HTTPException
+
+    handlers: dict[Any, Any] = app.exception_handlers
+    current = handlers.get(HTTPException)
+    if getattr(current, "_buttress", False):
+        return
+
+    async def record_http_exception(request: Any, exc: Exception) -> Any:
+        request.scope[EXCEPTION_KEY] = exc
+        if current is None:
+            from starlette.middleware.exceptions import ExceptionMiddleware
+
+            return await ExceptionMiddleware.http_exception(None, request, exc)  # type: ignore[arg-type]
+        result = current(request, exc)
+        if inspect.isawaitable(result):
+            result = await result
+        return result
+
+    record_http_exception._buttress = True  # type: ignore[attr-defined]
+    handlers[HTTPException] = record_http_exception
+    if getattr(app, "middleware_stack", None) is not None:
+        app.middleware_stack = None  # rebuilt with the handler on the next request
 
 
 # --- Quart ------------------------------------------------------------------------------
@@ -63,7 +108,18 @@ def install_quart(app: Any) -> None:
 
     app.before_request(record_route)
     got_request_exception.connect(record_exception, app, weak=False)
+    app.logger.addFilter(_quart_log_filter)
     _installed.add(app)
+
+
+def _quart_log_filter(record: logging.LogRecord) -> bool:
+    """Drop Quart's own traceback for an exception buttress logs (once) itself."""
+    from quart import has_request_context, request
+
+    if record.exc_info and has_request_context():
+        scope: Any = request.scope
+        return scope.get(EXCEPTION_KEY) is not record.exc_info[1]
+    return True
 
 
 # --- Litestar ---------------------------------------------------------------------------
@@ -100,6 +156,8 @@ class DjangoMiddleware:
 
         self.get_response = get_response
         self._async = iscoroutinefunction(get_response)
+        # Django logs the traceback of a view's exception itself; buttress logs it once.
+        logging.getLogger("django.request").addFilter(_django_log_filter)
         if self._async:
             markcoroutinefunction(self)
 
@@ -121,3 +179,11 @@ class DjangoMiddleware:
         scope = getattr(request, "scope", None)
         if scope is not None:
             scope[EXCEPTION_KEY] = exception
+
+
+def _django_log_filter(record: logging.LogRecord) -> bool:
+    """Drop Django's own traceback for an exception handed to buttress (logged there once)."""
+    scope = getattr(getattr(record, "request", None), "scope", None)
+    if record.exc_info and isinstance(scope, dict):
+        return scope.get(EXCEPTION_KEY) is not record.exc_info[1]
+    return True

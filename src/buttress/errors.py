@@ -1,15 +1,381 @@
-"""Placeholder: the error contract (issue 3) replaces this module."""
+"""The error contract: every error response is JSON ``{"detail": ...}``, whatever made it.
+
+API clients read one key on every failure, so this layer turns exceptions and the error
+pages of every framework (Starlette's plain text, Django's and Quart's HTML, an empty
+body) into ``{"detail": ...}`` (or RFC 9457 ``application/problem+json``), logs the
+unhandled ones once and reports them to Sentry once.
+
+# Strategy: only error responses are held. A 1xx-3xx response start is forwarded at once
+# and its body flows chunk by chunk, so streaming and the happy path cost one comparison
+# per message. A 4xx/5xx is held until its body is complete (up to ``error_body_limit``
+# bytes; past it, the held part is flushed and the rest flows unchanged), then normalized.
+# A complete 4xx is sent at once, so background tasks never delay it. A complete 5xx is
+# held until the app returns, because a framework may send its own 500 page and *then*
+# re-raise (Starlette's ServerErrorMiddleware does exactly that): the client has seen
+# nothing yet, so the page is dropped and the exception answered by the contract. When a
+# framework swallowed the exception into its 500 page and left it in
+# ``scope["buttress.exception"]`` (Django, Quart, Litestar, see ``adapters``), the held
+# page is answered as that exception: logged once, mapped, reported once.
+#
+# An exception before the response started becomes the contract's response and is NOT
+# re-raised: the server would log the same traceback a second time. After the response
+# started it is logged, reported and re-raised, so the server aborts the connection; a
+# second ``http.response.start`` is never sent.
+"""
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Iterable, Mapping
 from typing import Any
 
-from buttress._asgi import ASGIApp, Receive, Scope, Send
+import orjson
+import structlog
+from starlette.exceptions import HTTPException
+
+from buttress._asgi import (
+    ASGIApp,
+    Headers,
+    Message,
+    Receive,
+    Scope,
+    Send,
+    reason,
+)
+from buttress.adapters import EXCEPTION_KEY
+from buttress.config import Settings
+from buttress.logs import LogThrottle
+
+__all__ = ["INTERNAL_ERROR_DETAIL", "ErrorMiddleware", "exception_status"]
+
+INTERNAL_ERROR_DETAIL = "Internal server error"
+
+_JSON = b"application/json"
+_PROBLEM = b"application/problem+json"
+# Headers recomputed by this layer; everything else the app set (Allow, WWW-Authenticate,
+# Retry-After, Set-Cookie, ...) is kept.
+_REPLACED = frozenset({b"content-type", b"content-length", b"transfer-encoding"})
+_TEXT_DETAIL_MAX = 1000
+
+# Response-message modes of one request.
+_PASS = 0  # forwarding as received (no response yet, a 1xx-3xx, or an error too big to hold)
+_HOLD = 1  # holding an error response until its body is complete
+_DONE = 2  # the error response is complete: sent (4xx) or kept until the app returns (5xx)
+
+
+def exception_status(
+    exc: BaseException, exception_map: Mapping[type[BaseException], int]
+) -> tuple[int, Any, Headers] | None:
+    """``(status, detail, headers)`` for an HTTP or mapped exception, None for any other.
+
+    Starlette's ``HTTPException`` (FastAPI's is a subclass) answers with its own status,
+    detail and headers; a mapped exception (its class or any base class in the map) with
+    the mapped status and ``str(exc)``, or the reason phrase when that is empty.
+    """
+    if isinstance(exc, HTTPException):
+        headers = [
+            (k.lower().encode("latin-1"), v.encode("latin-1"))
+            for k, v in (exc.headers or {}).items()
+        ]
+        return exc.status_code, exc.detail, headers
+    for klass in type(exc).__mro__:
+        status = exception_map.get(klass)
+        if status is not None:
+            return status, str(exc) or reason(status), []
+    return None
 
 
 class ErrorMiddleware:
-    def __init__(self, app: ASGIApp, **_: Any) -> None:
+    """Answers every error as ``{"detail": ...}``; logs and reports unhandled exceptions once.
+
+    ``exception_map`` ({ExceptionClass: status}) is merged over ``settings.exception_map``;
+    subclasses match. ``error_format`` is ``"detail"`` or ``"problem"`` (RFC 9457);
+    ``body_limit`` is the largest error body (bytes) held to be normalized. ``websocket``
+    and ``lifespan`` scopes pass through untouched.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        settings: Settings | None = None,
+        exception_map: Mapping[type[BaseException], int] | None = None,
+        error_format: str | None = None,
+        body_limit: int | None = None,
+    ) -> None:
+        s = settings or Settings.from_env()
         self.app = app
+        merged = dict(s.exception_map)
+        merged.update(exception_map or {})
+        for klass, status in merged.items():
+            if not (isinstance(klass, type) and issubclass(klass, BaseException)):
+                raise TypeError(f"exception_map key {klass!r} is not an exception class")
+            if not isinstance(status, int) or not 400 <= status <= 599:
+                raise ValueError(
+                    f"exception_map[{klass.__name__}]={status!r} is not a status from 400 to 599"
+                )
+        self.exception_map: Mapping[type[BaseException], int] = merged
+        fmt = error_format or s.error_format
+        if fmt not in ("detail", "problem"):
+            raise ValueError(f"error_format={fmt!r} is neither 'detail' nor 'problem'")
+        self._problem = fmt == "problem"
+        self._content_type = _PROBLEM if self._problem else _JSON
+        self._limit = s.error_body_limit if body_limit is None else body_limit
+        self._report_statuses = s.sentry_status_codes
+        self._log = structlog.get_logger("buttress.errors")
+        self._too_big = LogThrottle(60.0)
+        # Sentry transactions only when the app turned tracing on (init_sentry runs first).
+        self._traced = "sentry_sdk" in sys.modules and _sentry_tracing()
+        # Without tracing, each request still gets its own Sentry scope, or breadcrumbs,
+        # tags and users set while serving one request would end up on another's event.
+        self._isolated = not self._traced and "sentry_sdk" in sys.modules and _sentry_active()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self._traced:
+            from buttress.sentry import run_traced
+
+            await run_traced(self._handle, scope, receive, send)
+        elif self._isolated:
+            import sentry_sdk
+
+            with sentry_sdk.isolation_scope():
+                await self._handle(scope, receive, send)
+        else:
+            await self._handle(scope, receive, send)
+
+    async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+
+        mode = _PASS
+        started = False  # a response start reached the client
+        held_start: Message | None = None
+        held: list[bytes] = []
+        held_size = 0
+        pending: tuple[Message, Message] | None = None  # a complete 5xx, sent on return
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal mode, started, held_start, held_size, pending
+            if mode == _PASS:
+                if message["type"] == "http.response.start":
+                    status = message["status"]
+                    if status >= 400 and not message.get("trailers"):
+                        length = _content_length(message.get("headers"))
+                        if length is None or length <= self._limit:
+                            mode = _HOLD
+                            held_start = message
+                            return
+                        self._warn_too_big(scope, status, length)
+                    started = True
+                await send(message)
+                return
+            if mode == _HOLD and message["type"] == "http.response.body":
+                assert held_start is not None
+                body = message.get("body", b"")
+                held.append(body)
+                held_size += len(body)
+                if message.get("more_body", False):
+                    if held_size > self._limit:
+                        self._warn_too_big(scope, held_start["status"], held_size)
+                        mode = _PASS
+                        started = True
+                        await send(held_start)
+                        await send({**message, "body": b"".join(held)})
+                    return
+                mode = _DONE
+                response = self._normalize(scope, held_start, b"".join(held))
+                swallowed = scope.get(EXCEPTION_KEY)
+                if held_start["status"] < 500:
+                    started = True
+                    if isinstance(swallowed, Exception):  # an HTTP exception it answered
+                        self._report_answered(scope, swallowed, held_start["status"])
+                    await send(response[0])
+                    await send(response[1])
+                    return
+                if isinstance(swallowed, Exception):
+                    started = True
+                    await self._answer_exception(scope, send, swallowed)
+                    return
+                pending = response
+                return
+            if mode == _HOLD:  # pathsend, zero-copy and the like: not ours to hold
+                assert held_start is not None
+                mode = _PASS
+                started = True
+                await send(held_start)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            if started:
+                self._log_exception(exc, started=True)
+                self._report(scope, exc, 500, None)
+                raise
+            await self._answer_exception(scope, send, exc)
+            return
+        if pending is not None:
+            await send(pending[0])
+            await send(pending[1])
+        elif mode == _HOLD and held_start is not None:
+            # The app returned mid-body: send what it sent rather than nothing.
+            await send(held_start)
+            await send({"type": "http.response.body", "body": b"".join(held)})
+
+    # --- exceptions ---------------------------------------------------------------------
+
+    async def _answer_exception(self, scope: Scope, send: Send, exc: Exception) -> None:
+        known = exception_status(exc, self.exception_map)
+        headers: Headers
+        if known is None:
+            status, detail, headers = 500, INTERNAL_ERROR_DETAIL, []
+            self._log_exception(exc, started=False)
+            self._report(scope, exc, 500, None)
+        else:
+            status, detail, headers = known
+            self._report(scope, exc, status, detail)
+        start, body = self._response(scope, status, detail, headers)
+        await send(start)
+        await send(body)
+
+    def _report_answered(self, scope: Scope, exc: Exception, status: int) -> None:
+        """Report an exception the framework itself answered with a 4xx, when configured."""
+        if status in self._report_statuses:
+            known = exception_status(exc, self.exception_map)
+            self._report(scope, exc, status, known[1] if known is not None else None)
+
+    def _log_exception(self, exc: BaseException, *, started: bool) -> None:
+        if started:
+            self._log.error("unhandled exception after the response started", exc_info=exc)
+        else:
+            self._log.error("unhandled exception", exc_info=exc, status=500)
+
+    def _report(self, scope: Scope, exc: BaseException, status: int, detail: Any) -> None:
+        if status in self._report_statuses:
+            from buttress.sentry import report_exception
+
+            report_exception(exc, scope, status, detail)
+
+    # --- normalizing error responses ----------------------------------------------------
+
+    def _normalize(self, scope: Scope, start: Message, body: bytes) -> tuple[Message, Message]:
+        """The contract's version of a complete error response the app produced."""
+        status: int = start["status"]
+        raw_headers: Headers = list(start.get("headers") or ())
+        content_type = b""
+        encoded = False
+        for key, value in raw_headers:
+            name = key.lower()
+            if name == b"content-type":
+                content_type = value.lower()
+            elif name == b"content-encoding" and value.strip().lower() != b"identity":
+                encoded = True
+        if encoded:  # compressed by an inner layer: it is not ours to read
+            return start, {"type": "http.response.body", "body": body}
+        detail: Any = None
+        has_detail = False
+        if b"json" in content_type and body:
+            try:
+                parsed = orjson.loads(body)
+            except orjson.JSONDecodeError:
+                parsed = None
+            else:
+                if isinstance(parsed, dict) and "detail" in parsed:
+                    has_detail = True
+                    detail = parsed["detail"]
+                    if not self._problem or content_type.startswith(_PROBLEM):
+                        return self._passthrough(scope, start, raw_headers, body)
+                elif parsed is not None:
+                    detail = parsed
+                    has_detail = True
+        if not has_detail:
+            detail = _text_detail(content_type, body) or reason(status)
+        headers = [h for h in raw_headers if h[0].lower() not in _REPLACED]
+        return self._response(scope, status, detail, headers)
+
+    def _passthrough(
+        self, scope: Scope, start: Message, headers: Headers, body: bytes
+    ) -> tuple[Message, Message]:
+        if scope.get("method") == "HEAD" and not body:
+            return start, {"type": "http.response.body", "body": b""}
+        out = [h for h in headers if h[0].lower() != b"content-length"]
+        out.append((b"content-length", str(len(body)).encode("ascii")))
+        if scope.get("method") == "HEAD":
+            body = b""
+        return {**start, "headers": out}, {"type": "http.response.body", "body": body}
+
+    def _response(
+        self, scope: Scope, status: int, detail: Any, headers: Iterable[tuple[bytes, bytes]]
+    ) -> tuple[Message, Message]:
+        if self._problem:
+            payload: dict[str, Any] = {
+                "type": "about:blank",
+                "title": reason(status),
+                "status": status,
+                "detail": detail,
+                "instance": scope.get("root_path", "") + scope.get("path", ""),
+            }
+        else:
+            payload = {"detail": detail}
+        body = orjson.dumps(payload)
+        out: Headers = [
+            (b"content-type", self._content_type),
+            (b"content-length", str(len(body)).encode("ascii")),
+        ]
+        out.extend(h for h in headers if h[0].lower() not in _REPLACED)
+        start: Message = {"type": "http.response.start", "status": status, "headers": out}
+        if scope.get("method") == "HEAD":
+            body = b""
+        return start, {"type": "http.response.body", "body": body}
+
+    def _warn_too_big(self, scope: Scope, status: int, size: int) -> None:
+        suppressed = self._too_big.allow()
+        if suppressed is not None:
+            self._log.warning(
+                "error response too large to normalize; sent unchanged",
+                status=status,
+                size=size,
+                limit=self._limit,
+                path=scope.get("path"),
+                suppressed=suppressed,
+            )
+
+
+def _sentry_active() -> bool:
+    import sentry_sdk
+
+    return sentry_sdk.get_client().is_active()
+
+
+def _sentry_tracing() -> bool:
+    from buttress.sentry import tracing_enabled
+
+    return tracing_enabled()
+
+
+def _content_length(headers: Iterable[tuple[bytes, bytes]] | None) -> int | None:
+    for key, value in headers or ():
+        if key.lower() == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _text_detail(content_type: bytes, body: bytes) -> str | None:
+    """Short plain text is kept as the detail; HTML, binary or long text is not."""
+    if not body or b"html" in content_type or b"xml" in content_type:
+        return None
+    if content_type and not content_type.startswith(b"text/plain"):
+        return None
+    try:
+        text = body.decode("utf-8").strip()
+    except UnicodeDecodeError:
+        return None
+    if not text or len(text) > _TEXT_DETAIL_MAX or text.startswith("<"):
+        return None
+    if not text.replace("\n", " ").replace("\t", " ").isprintable():
+        return None
+    return text

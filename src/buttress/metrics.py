@@ -447,6 +447,8 @@ class MetricsMiddleware:
             gauge.dec()
             if not status:  # returned without answering: the server sends a 500
                 status = CANCELLED_STATUS if gone else 500
+                if info.status == 0:
+                    info.status = status  # so the access log tells the same story
             self._record(scope, info, path, method, status, duration, size)
 
     def _record(
@@ -465,6 +467,7 @@ class MetricsMiddleware:
             for pattern, template in self._groups:
                 if pattern.match(path):
                     route = template
+                    info.route = template  # the access log and Sentry name it the same
                     break
         routes = self._routes
         if route not in routes:

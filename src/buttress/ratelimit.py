@@ -22,6 +22,7 @@ default unless ``charge_default=True``.
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import ipaddress
 import math
@@ -479,9 +480,12 @@ class RateLimitMiddleware:
         if self._key_header is not None:
             for name, value in scope.get("headers") or ():
                 if name == self._key_header:
-                    key = "header:" + value.decode("latin-1")
                     if self._allow_keys and value.decode("latin-1") in self._allow_keys:
                         return None
+                    # A digest, not the value: API keys are secrets that must not land in a
+                    # shared storage or a log line, and a huge header must not become a
+                    # huge storage key.
+                    key = "header:" + hashlib.blake2b(value, digest_size=16).hexdigest()
                     break
         elif self._key_func is not None:
             result = self._key_func(scope)
@@ -491,6 +495,8 @@ class RateLimitMiddleware:
                 key = str(result)
                 if key in self._allow_keys:
                     return None
+                if len(key) > 64:  # bound the storage key a callable may produce
+                    key = "key:" + hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
         if key is None or self._allow_nets:
             ip = self._ip(scope)
             if self._allow_nets and _in_networks(ip, self._allow_nets):
@@ -660,6 +666,8 @@ def fastapi_dependency(limit: str) -> Callable[..., Awaitable[None]]:
     from starlette.exceptions import HTTPException
     from starlette.requests import Request
 
+    from buttress._routes import UNMATCHED as _UNMATCHED
+    from buttress._routes import resolve_route
     from buttress.logs import LogThrottle
 
     template = _Rule("dependency", limit, 10.0)  # parsed (and validated) at declaration
@@ -676,7 +684,7 @@ def fastapi_dependency(limit: str) -> Callable[..., Awaitable[None]]:
         key = await middleware.key_for(scope)
         if key is None:
             return
-        route = getattr(scope.get("route"), "path", None) or scope["path"]
+        route = resolve_route(scope, scope.get(INFO_KEY)) or _UNMATCHED
         rule = _DepRule(f"dep {request.method} {route}", template.limits)
         try:
             rejected, item, _, reset = await middleware.decide((rule,), key, want_stats=False)
