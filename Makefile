@@ -6,7 +6,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: test lint typecheck unit demo bench soak clean
+.PHONY: test tools lint typecheck unit demo bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,22 @@ $(BENCH_STAMP): pyproject.toml $(DEV_STAMP)
 	$(PIP) install -e '.[dev,bench]'
 	touch $@
 
-test: lint typecheck unit
+test: tools lint typecheck unit
+
+# The servers and checkers the tests use for real: redis-server and promtool, from Debian's
+# packages, installed only when missing (and only where apt-get can run as root).
+tools:
+	@missing=""; \
+	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
+	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing$$missing (Debian packages) for the tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "note: missing$$missing; install them to run every test (with CI=true their tests fail)"; \
+	  fi; \
+	fi
 
 lint: $(DEV_STAMP)
 	$(BIN)/ruff check src tests benchmarks examples
