@@ -245,7 +245,13 @@ class RequestContextMiddleware:
             if message["type"] == "http.response.start":
                 info.status = message["status"]
                 message["headers"] = _with_header(message.get("headers"), id_header)
-            elif message["type"] == "http.response.body":
+                try:
+                    await send(message)
+                except OSError:
+                    info.status = 499  # the client left before the answer started
+                    raise
+                return
+            if message["type"] == "http.response.body":
                 sent += len(message.get("body", b""))
             await send(message)
 

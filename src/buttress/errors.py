@@ -20,7 +20,12 @@ unhandled ones once and reports them to Sentry once.
 # An exception before the response started becomes the contract's response and is NOT
 # re-raised: the server would log the same traceback a second time. After the response
 # started it is logged, reported and re-raised, so the server aborts the connection; a
-# second ``http.response.start`` is never sent.
+# second ``http.response.start`` is never sent. A re-raised exception is marked, so the
+# server's own "Exception in ASGI application" traceback of it is dropped (see ``logs``).
+#
+# A ``send`` that raises ``OSError`` means the client went away (ASGI spec 2.4). Whatever
+# the app turns it into, it is re-raised to the server as it is, with one info line and
+# no traceback, no Sentry event and no attempt to answer a client that is gone.
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ from buttress._asgi import (
 )
 from buttress.adapters import EXCEPTION_KEY
 from buttress.config import Settings
-from buttress.logs import LogThrottle
+from buttress.logs import LogThrottle, mark_logged
 
 __all__ = ["INTERNAL_ERROR_DETAIL", "ErrorMiddleware", "exception_status"]
 
@@ -154,61 +159,73 @@ class ErrorMiddleware:
         held: list[bytes] = []
         held_size = 0
         pending: tuple[Message, Message] | None = None  # a complete 5xx, sent on return
+        gone: OSError | None = None  # what the server's send raised, if it did
 
         async def send_wrapper(message: Message) -> None:
-            nonlocal mode, started, held_start, held_size, pending
-            if mode == _PASS:
-                if message["type"] == "http.response.start":
-                    status = message["status"]
-                    if status >= 400 and not message.get("trailers"):
-                        length = _content_length(message.get("headers"))
-                        if length is None or length <= self._limit:
-                            mode = _HOLD
-                            held_start = message
-                            return
-                        self._warn_too_big(scope, status, length)
-                    started = True
-                await send(message)
-                return
-            if mode == _HOLD and message["type"] == "http.response.body":
-                assert held_start is not None
-                body = message.get("body", b"")
-                held.append(body)
-                held_size += len(body)
-                if message.get("more_body", False):
-                    if held_size > self._limit:
-                        self._warn_too_big(scope, held_start["status"], held_size)
-                        mode = _PASS
+            nonlocal mode, started, held_start, held_size, pending, gone
+            try:
+                if mode == _PASS:
+                    if message["type"] == "http.response.start":
+                        status = message["status"]
+                        if status >= 400 and not message.get("trailers"):
+                            length = _content_length(message.get("headers"))
+                            if length is None or length <= self._limit:
+                                mode = _HOLD
+                                held_start = message
+                                return
+                            self._warn_too_big(scope, status, length)
                         started = True
-                        await send(held_start)
-                        await send({**message, "body": b"".join(held)})
+                    await send(message)
                     return
-                mode = _DONE
-                response = self._normalize(scope, held_start, b"".join(held))
-                swallowed = scope.get(EXCEPTION_KEY)
-                if held_start["status"] < 500:
+                if mode == _HOLD and message["type"] == "http.response.body":
+                    assert held_start is not None
+                    body = message.get("body", b"")
+                    held.append(body)
+                    held_size += len(body)
+                    if message.get("more_body", False):
+                        if held_size > self._limit:
+                            self._warn_too_big(scope, held_start["status"], held_size)
+                            mode = _PASS
+                            started = True
+                            await send(held_start)
+                            await send({**message, "body": b"".join(held)})
+                        return
+                    mode = _DONE
+                    response = self._normalize(scope, held_start, b"".join(held))
+                    swallowed = scope.get(EXCEPTION_KEY)
+                    if held_start["status"] < 500:
+                        started = True
+                        if isinstance(swallowed, Exception):  # an HTTP exception it answered
+                            self._report_answered(scope, swallowed, held_start["status"])
+                        await send(response[0])
+                        await send(response[1])
+                        return
+                    if isinstance(swallowed, Exception):
+                        started = True
+                        await self._answer_exception(scope, send, swallowed)
+                        return
+                    pending = response
+                    return
+                if mode == _HOLD:  # pathsend, zero-copy and the like: not ours to hold
+                    assert held_start is not None
+                    mode = _PASS
                     started = True
-                    if isinstance(swallowed, Exception):  # an HTTP exception it answered
-                        self._report_answered(scope, swallowed, held_start["status"])
-                    await send(response[0])
-                    await send(response[1])
-                    return
-                if isinstance(swallowed, Exception):
-                    started = True
-                    await self._answer_exception(scope, send, swallowed)
-                    return
-                pending = response
-                return
-            if mode == _HOLD:  # pathsend, zero-copy and the like: not ours to hold
-                assert held_start is not None
-                mode = _PASS
-                started = True
-                await send(held_start)
-            await send(message)
+                    await send(held_start)
+                await send(message)
+            except OSError as exc:
+                gone = exc  # the server could not deliver it: the client went away
+                raise
 
         try:
             await self.app(scope, receive, send_wrapper)
         except Exception as exc:
+            if gone is not None:
+                # The client went away (the app may have turned the OSError into its own
+                # exception, like Starlette's ClientDisconnect). Not a server error: no
+                # traceback, no Sentry event, no 500 to nobody; the server gets it back.
+                self._log_gone(gone)
+                mark_logged(exc)
+                raise
             if started:
                 self._log_exception(exc, started=True)
                 self._report(scope, exc, 500, None)
@@ -245,9 +262,16 @@ class ErrorMiddleware:
             known = exception_status(exc, self.exception_map)
             self._report(scope, exc, status, known[1] if known is not None else None)
 
+    def _log_gone(self, error: OSError) -> None:
+        self._log.info(
+            "client disconnected while the response was sent",
+            error=f"{type(error).__name__}: {error}",
+        )
+
     def _log_exception(self, exc: BaseException, *, started: bool) -> None:
         if started:
             self._log.error("unhandled exception after the response started", exc_info=exc)
+            mark_logged(exc)  # the server's own traceback of it would be a duplicate
         else:
             self._log.error("unhandled exception", exc_info=exc, status=500)
 

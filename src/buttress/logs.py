@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import datetime
 import json
@@ -149,9 +150,32 @@ def configure_logging(settings: Settings | None = None, *, stream: TextIO | None
         lg = logging.getLogger(name)
         lg.handlers.clear()
         lg.propagate = True
+    server_errors = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _DropLoggedByButtress) for f in server_errors.filters):
+        server_errors.addFilter(_DropLoggedByButtress())
     access = logging.getLogger("uvicorn.access")
     access.handlers.clear()
     access.propagate = False
+
+
+#: Set on an exception buttress has already logged (or knows is a client disconnect), so
+#: the server's own "Exception in ASGI application" traceback of it is not a duplicate.
+LOGGED_MARK = "__buttress_logged__"
+
+
+def mark_logged(exc: BaseException) -> None:
+    """Mark ``exc`` as logged by buttress (see ``LOGGED_MARK``)."""
+    with contextlib.suppress(AttributeError, TypeError):  # an exception type with __slots__
+        setattr(exc, LOGGED_MARK, True)
+
+
+class _DropLoggedByButtress(logging.Filter):
+    """Drops a server's traceback record of an exception buttress already logged once."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc_info = record.exc_info
+        exc = exc_info[1] if exc_info else None
+        return not (exc is not None and getattr(exc, LOGGED_MARK, False))
 
 
 class AccessLogger:

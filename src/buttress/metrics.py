@@ -27,6 +27,7 @@ Metrics (``BUTTRESS_METRICS_NAMESPACE`` prefixes every name)::
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import glob
 import gzip
@@ -72,7 +73,8 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0)
 #: The status label of a request the client abandoned before any answer (nginx's 499):
-#: cancelled, or ended without a response after the client disconnected.
+#: cancelled, ended without a response after the client disconnected, or the server could
+#: not send the response start because the client had gone.
 CANCELLED_STATUS = 499
 
 _NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
@@ -427,6 +429,12 @@ class MetricsMiddleware:
                 size += len(message.get("body", b""))
             elif kind == "http.response.start":
                 status = message["status"]
+                try:
+                    await send(message)
+                except OSError:
+                    status = CANCELLED_STATUS  # the client left before the answer started
+                    raise
+                return
             await send(message)
 
         gauge = self._in_progress[method]
@@ -438,9 +446,12 @@ class MetricsMiddleware:
             if not status:
                 status = CANCELLED_STATUS if gone else 500
             raise
-        except BaseException:  # cancelled: the client went away before an answer
+        except BaseException as exc:
             if not status:
-                status = CANCELLED_STATUS
+                # Cancelled: the client went away before an answer. Any other BaseException
+                # (KeyboardInterrupt, SystemExit...) is answered 500 by the server, and the
+                # access log says so too.
+                status = CANCELLED_STATUS if isinstance(exc, asyncio.CancelledError) else 500
             raise
         finally:
             duration = time.perf_counter() - start
