@@ -60,7 +60,7 @@ def test_quick_run_prints_targets_and_writes_json(tmp_path: Path) -> None:
         if c["status"] != c["expected_status"]
     ]
     assert wrong == []  # every configuration answers what it is meant to measure
-    assert set(data["memory"]) == {"ips", "ips-minute", "paths"}
+    assert set(data["memory"]) == {"ips", "paths"}
     assert "--no-network" in data["network"]["skipped"]
     assert "network part skipped" in proc.stdout
     targets = [line for line in proc.stdout.splitlines() if line.startswith(("- PASS", "- MISS"))]

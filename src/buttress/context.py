@@ -8,11 +8,13 @@ request served by the same task or connection.
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import os
 import re
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
+from typing import Any
 
 import structlog
 
@@ -30,9 +32,8 @@ __all__ = [
     "valid_request_id",
 ]
 
-_request_id: ContextVar[str | None] = ContextVar("buttress_request_id", default=None)
-_trace_id: ContextVar[str | None] = ContextVar("buttress_trace_id", default=None)
-_client_ip: ContextVar[str | None] = ContextVar("buttress_client_ip", default=None)
+#: The record of the request being served in this context (one variable, one set/reset).
+_current: ContextVar[RequestInfo | None] = ContextVar("buttress_request", default=None)
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -40,17 +41,48 @@ _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-
 
 def get_request_id() -> str | None:
     """The id of the request being served in this context, or None outside a request."""
-    return _request_id.get()
+    info = _current.get()
+    return info.request_id if info is not None else None
 
 
 def get_trace_id() -> str | None:
     """The W3C trace id of the request being served, when it carried a valid traceparent."""
-    return _trace_id.get()
+    info = _current.get()
+    return info.trace_id if info is not None else None
 
 
 def get_client_ip() -> str | None:
     """The client IP of the request being served (after trusted-proxy resolution)."""
-    return _client_ip.get()
+    info = _current.get()
+    return info.client_ip if info is not None else None
+
+
+_BOUND_KEYS = ("request_id", "method", "path", "client_ip", "trace_id", "span_id")
+
+
+def _structlog_vars() -> dict[str, ContextVar[Any]]:
+    """The ContextVars behind ``structlog.contextvars`` for the keys this layer binds.
+
+    # Strategy: binding through ``bind_contextvars(**kw)`` builds a kwargs dict, a name per
+    # key and a token dict on every request; setting structlog's own variables directly
+    # costs a fraction of that and is exactly what it does (the values are merged into
+    # every event by ``merge_contextvars`` as usual). The variables are made by structlog
+    # itself, inside a throwaway context so nothing is bound in the caller's.
+    """
+
+    def find() -> dict[str, ContextVar[Any]]:
+        structlog.contextvars.bind_contextvars(**dict.fromkeys(_BOUND_KEYS, None))
+        found = {}
+        for var in contextvars.copy_context():
+            name = var.name
+            if name.startswith("structlog_") and name[10:] in _BOUND_KEYS:
+                found[name[10:]] = var
+        return found
+
+    found = contextvars.copy_context().run(find)
+    if len(found) != len(_BOUND_KEYS):  # pragma: no cover - a structlog that stores differently
+        raise RuntimeError("structlog.contextvars no longer keeps one ContextVar per key")
+    return found
 
 
 def new_request_id() -> str:
@@ -185,6 +217,13 @@ class RequestContextMiddleware:
         exclude = s.access_log_exclude if access_log_exclude is None else tuple(access_log_exclude)
         self._access = AccessLogger() if enabled else None
         self._exclude = frozenset(exclude)
+        v = _structlog_vars()
+        self._v_request_id, self._v_method, self._v_path = v["request_id"], v["method"], v["path"]
+        self._v_client_ip, self._v_trace_id, self._v_span_id = (
+            v["client_ip"],
+            v["trace_id"],
+            v["span_id"],
+        )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -212,64 +251,57 @@ class RequestContextMiddleware:
         scope[INFO_KEY] = info
         path = scope.get("path", "")
 
-        bound = {
-            "request_id": request_id,
-            "method": scope.get("method", "WS") if kind == "http" else "WEBSOCKET",
-            "path": path,
-            "client_ip": ip,
-        }
         trace = parse_traceparent(traceparent) if traceparent is not None else None
+        t_request = self._v_request_id.set(request_id)
+        t_method = self._v_method.set(scope.get("method", "GET") if kind == "http" else "WEBSOCKET")
+        t_path = self._v_path.set(path)
+        t_ip = self._v_client_ip.set(ip)
+        t_trace = t_span = None
         if trace is not None:
             info.trace_id = trace[0]
-            bound["trace_id"], bound["span_id"] = trace
-        tokens = structlog.contextvars.bind_contextvars(**bound)
-        rid_token = _request_id.set(request_id)
-        ip_token = _client_ip.set(ip)
-        tid_token = _trace_id.set(info.trace_id)
-
-        if kind == "websocket":
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                _trace_id.reset(tid_token)
-                _client_ip.reset(ip_token)
-                _request_id.reset(rid_token)
-                structlog.contextvars.reset_contextvars(**tokens)
-            return
-
-        id_header = (self._header, request_id.encode("ascii"))
-        sent = 0
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal sent
-            if message["type"] == "http.response.start":
-                info.status = message["status"]
-                message["headers"] = _with_header(message.get("headers"), id_header)
-                try:
-                    await send(message)
-                except OSError:
-                    info.status = 499  # the client left before the answer started
-                    raise
-                return
-            if message["type"] == "http.response.body":
-                sent += len(message.get("body", b""))
-            await send(message)
-
+            t_trace = self._v_trace_id.set(trace[0])
+            t_span = self._v_span_id.set(trace[1])
+        t_current = _current.set(info)
         error: BaseException | None = None
         try:
-            await self.app(scope, receive, send_with_id)
-        except BaseException as exc:
-            error = exc
-            raise
-        finally:
+            if kind == "websocket":
+                await self.app(scope, receive, send)
+                return
+            id_header = (self._header, request_id.encode("ascii"))
+            sent = 0
+
+            async def send_with_id(message: Message) -> None:
+                nonlocal sent
+                if message["type"] == "http.response.start":
+                    info.status = message["status"]
+                    message["headers"] = _with_header(message.get("headers"), id_header)
+                    try:
+                        await send(message)
+                    except OSError:
+                        info.status = 499  # the client left before the answer started
+                        raise
+                    return
+                if message["type"] == "http.response.body":
+                    sent += len(message.get("body", b""))
+                await send(message)
+
             try:
+                await self.app(scope, receive, send_with_id)
+            except BaseException as exc:
+                error = exc
+                raise
+            finally:
                 if self._access is not None and path not in self._exclude:
                     self._access.log(scope, info, sent, error)
-            finally:
-                _trace_id.reset(tid_token)
-                _client_ip.reset(ip_token)
-                _request_id.reset(rid_token)
-                structlog.contextvars.reset_contextvars(**tokens)
+        finally:
+            _current.reset(t_current)
+            if t_span is not None and t_trace is not None:
+                self._v_span_id.reset(t_span)
+                self._v_trace_id.reset(t_trace)
+            self._v_client_ip.reset(t_ip)
+            self._v_path.reset(t_path)
+            self._v_method.reset(t_method)
+            self._v_request_id.reset(t_request)
 
 
 def _with_header(
