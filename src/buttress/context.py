@@ -282,7 +282,7 @@ class RequestContextMiddleware:
                         raise
                     return
                 if message["type"] == "http.response.body":
-                    sent += len(message.get("body", b""))
+                    sent = info.sent = sent + len(message.get("body", b""))
                 await send(message)
 
             try:
@@ -309,6 +309,6 @@ def _with_header(
 ) -> Headers:
     """The response headers with ours in place of any the app set itself."""
     name = header[0]
-    out = [h for h in headers or () if h[0].lower() != name]
+    out = [h for h in headers or () if h[0] != name]  # ASGI header names are lower case
     out.append(header)
     return out

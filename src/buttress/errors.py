@@ -144,10 +144,13 @@ class ErrorMiddleware:
 
             await run_traced(self._handle, scope, receive, send)
         elif self._isolated:
-            import sentry_sdk
+            from buttress.sentry import enter_request_scope
 
-            with sentry_sdk.isolation_scope():
+            leave = enter_request_scope()
+            try:
                 await self._handle(scope, receive, send)
+            finally:
+                leave()
         else:
             await self._handle(scope, receive, send)
 

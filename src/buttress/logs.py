@@ -15,6 +15,7 @@ import contextvars
 import datetime
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -189,6 +190,9 @@ class AccessLogger:
     """
 
     def __init__(self) -> None:
+        from buttress._routes import resolve_route
+
+        self._resolve = resolve_route
         log = structlog.get_logger("buttress.access").bind()
         self._info = log.info
         self._warning = log.warning
@@ -199,8 +203,6 @@ class AccessLogger:
             self._direct = _DirectWriter(factory._file, factory.level)
 
     def log(self, scope: Scope, info: RequestInfo, sent: int, error: BaseException | None) -> None:
-        from buttress._routes import resolve_route
-
         status = info.status
         if status == 0:
             # No response started: the server answers 500, or nobody hears (a client that
@@ -212,7 +214,7 @@ class AccessLogger:
                 user_agent = value[:_USER_AGENT_MAX].decode("latin-1")
                 break
         event = {
-            "route": resolve_route(scope, info),
+            "route": self._resolve(scope, info),
             "status": status,
             "duration_ms": round((time.perf_counter() - info.start) * 1000.0, 3),
             "user_agent": user_agent,
@@ -226,11 +228,22 @@ class AccessLogger:
 
 
 class _DirectWriter:
-    """Renders an access event to a JSON line exactly as the configured chain would."""
+    """Renders an access event to a JSON line exactly as the configured chain would.
+
+    When the stream is a real file (stdout in a container), the line goes out with one
+    ``os.write`` of the bytes orjson made: no text encoding, no buffer, no lock. Every other
+    writer of the stream (structlog's, the standard library's handler) flushes after each
+    line, so lines never interleave.
+    """
 
     def __init__(self, file: TextIO, level: int) -> None:
-        self._write = file.write
-        self._flush = file.flush
+        self._file = file
+        self._fd: int | None = None
+        try:
+            file.flush()
+            self._fd = file.fileno()
+        except (AttributeError, OSError, ValueError):  # StringIO and friends: no descriptor
+            self._fd = None
         self._lock = threading.Lock()
         self._min_status = 0 if level <= logging.INFO else 400 if level <= logging.WARNING else 500
         if level > logging.ERROR:
@@ -250,10 +263,19 @@ class _DirectWriter:
         event["level"] = "info" if status < 400 else "warning" if status < 500 else "error"
         event["logger"] = "buttress.access"
         event["timestamp"] = self._clock.now()
-        line = _dumps(event) + "\n"
+        try:
+            line = orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE)
+        except (TypeError, orjson.JSONEncodeError):
+            line = (json.dumps(event, default=repr, ensure_ascii=True) + "\n").encode()
+        fd = self._fd
+        if fd is not None:
+            written = os.write(fd, line)
+            while written < len(line):  # a signal or a full pipe cut the write short
+                written += os.write(fd, line[written:])
+            return
         with self._lock:
-            self._write(line)
-            self._flush()
+            self._file.write(line.decode())
+            self._file.flush()
 
 
 class _UtcClock:
