@@ -213,11 +213,14 @@ def test_uvicorn_loggers_go_through_buttress() -> None:
     stream = io.StringIO()
     try:
         buttress.configure_logging(_settings(), stream=stream)
-        logging.getLogger("uvicorn.error").info("Started server process")
+        logging.getLogger("uvicorn.error").info(
+            "Started server process", extra={"color_message": "Started \x1b[36mserver\x1b[0m"}
+        )
         logging.getLogger("uvicorn.access").info("GET / 200")
         lines = [json.loads(x) for x in stream.getvalue().splitlines()]
         assert [x["event"] for x in lines] == ["Started server process"]
         assert lines[0]["logger"] == "uvicorn.error"
+        assert "color_message" not in lines[0]
     finally:
         for h in list(logging.getLogger().handlers):
             if getattr(h, "_buttress_handler", False):

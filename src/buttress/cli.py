@@ -118,7 +118,9 @@ def _demo(settings: Settings, host: str, port: int) -> int:
     console = Console(stderr=True)
     console.print(f"[bold]buttress demo[/bold] on http://{host}:{port} - try:")
     for line in DEMO_CURLS:
-        console.print("  " + line.replace("{base}", f"http://{host}:{port}"), highlight=False)
+        console.print(
+            "  " + line.replace("{base}", f"http://{host}:{port}"), highlight=False, soft_wrap=True
+        )
     uvicorn.run(app, host=host, port=port, log_config=None, access_log=False)
     return 0
 

@@ -68,8 +68,9 @@ def _add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventD
 
 
 def _drop_message(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """A standard-library record's formatted ``message`` repeats its ``event``."""
+    """A record's formatted ``message`` (and uvicorn's ``color_message``) repeat its ``event``."""
     event_dict.pop("message", None)
+    event_dict.pop("color_message", None)
     return event_dict
 
 
