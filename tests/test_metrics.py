@@ -452,6 +452,35 @@ async def test_building_the_stack_twice_never_duplicates() -> None:
     assert requests_total(text) == {("GET", "/ok", "200"): 2}
 
 
+@pytest.mark.parametrize("alone", [True, False])
+async def test_size_histogram_buckets_are_cumulative(alone: bool) -> None:
+    """Body sizes land in the right ``le`` buckets, alone or under the context layer."""
+
+    async def sized(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"x" * int(scope["path"][1:])})
+
+    registry = CollectorRegistry()
+    settings = buttress.Settings.from_env({})
+    if alone:
+        app: Any = MetricsMiddleware(sized, settings=settings, registry=registry)
+    else:
+        app = buttress.wrap(sized, settings, configure_logging=False, registry=registry)
+    async with client_for(app) as client:
+        for size in (0, 100, 101, 5000):
+            await client.get(f"/{size}")
+
+    def bucket(le: str) -> float | None:
+        labels = {"method": "GET", "route": "<unmatched>", "le": le}
+        return registry.get_sample_value("http_response_size_bytes_bucket", labels)
+
+    assert [bucket(le) for le in ("100.0", "1000.0", "10000.0", "+Inf")] == [2, 3, 4, 4]
+    labels = {"method": "GET", "route": "<unmatched>"}
+    assert registry.get_sample_value("http_response_size_bytes_count", labels) == 4
+    assert registry.get_sample_value("http_response_size_bytes_sum", labels) == 5201
+    assert registry.get_sample_value("http_request_duration_seconds_count", labels) == 4
+
+
 def test_shared_counter_is_idempotent() -> None:
     """shared_counter returns the one counter of a name per registry; a clash is explained."""
     registry = CollectorRegistry()

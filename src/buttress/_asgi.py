@@ -49,6 +49,7 @@ class RequestInfo:
         "root_path",
         "route",
         "route_resolved",
+        "sent",
         "start",
         "status",
         "trace_id",
@@ -62,6 +63,7 @@ class RequestInfo:
         self.route: str | None = None
         self.route_resolved = False
         self.status = 0
+        self.sent = 0  # response body bytes, counted by the context layer's send wrapper
         self.start = time.perf_counter()
 
 

@@ -309,6 +309,8 @@ def _with_header(
 ) -> Headers:
     """The response headers with ours in place of any the app set itself."""
     name = header[0]
-    out = [h for h in headers or () if h[0] != name]  # ASGI header names are lower case
+    # ASGI asks for lower-case names, but an app that set its own id with any case must not
+    # keep a second one next to ours.
+    out = [h for h in headers or () if h[0].lower() != name]
     out.append(header)
     return out

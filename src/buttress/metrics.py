@@ -11,9 +11,16 @@ Metrics (``BUTTRESS_METRICS_NAMESPACE`` prefixes every name)::
 # ``route`` is the template the framework matched (``buttress._routes.resolve_route``,
 # read after the app ran), never the raw path: a 404 is ``<unmatched>`` unless a path
 # group names it, and past ``BUTTRESS_METRICS_MAX_ROUTES`` distinct values every new one
-# is ``<other>``. ``method`` is one of the standard methods or ``OTHER``. So the label
-# children can be cached per ``(method, route, status)`` in a dict whose size is bounded,
-# and the request path costs two dict lookups and three pre-bound child updates.
+# is ``<other>``. ``method`` is one of the standard methods or ``OTHER``. So what a
+# request updates can be cached per ``(method, route, status)`` in a dict whose size is
+# bounded, and the request path costs two dict lookups and a few additions.
+#
+# # Strategy: one process, no locks.
+# In a single process the four request metrics are plain Python numbers (``_Store``,
+# updated on the event loop thread only, see there), exposed through a custom collector
+# at scrape time with the exact families prometheus-client's metrics would give. Under
+# a buttress context layer no second ``send`` wrapper is installed: its wrapper already
+# records the final status and the body bytes in the shared ``RequestInfo``.
 #
 # # Strategy: many workers.
 # prometheus-client chooses file-backed values when ``PROMETHEUS_MULTIPROC_DIR`` is set
@@ -32,6 +39,7 @@ import atexit
 import glob
 import gzip
 import hmac
+import math
 import os
 import re
 import shutil
@@ -39,8 +47,9 @@ import tempfile
 import threading
 import time
 import weakref
-from collections.abc import Mapping, Sequence
-from typing import Any, TypeVar
+from bisect import bisect_left
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -58,6 +67,9 @@ from buttress._asgi import (
 from buttress._routes import OTHER, UNMATCHED, resolve_route
 from buttress.config import ConfigError, Settings
 from buttress.context import get_trace_id
+
+if TYPE_CHECKING:
+    from prometheus_client.metrics_core import Metric
 
 __all__ = [
     "MetricsMiddleware",
@@ -298,8 +310,194 @@ def _accepts_gzip(header: bytes | None) -> bool:
     return False
 
 
-class _Children:
-    """The pre-bound label children of one ``(method, route, status)``."""
+class _Count:
+    """One ``http_requests_total`` series: a plain number, updated on the loop thread."""
+
+    __slots__ = ("created", "value")
+
+    def __init__(self) -> None:
+        self.value = 0
+        self.created = time.time()
+
+
+class _Histogram:
+    """One histogram series: per-bucket (not cumulative) counts, the sum, exemplars."""
+
+    __slots__ = ("buckets", "created", "exemplars", "sum")
+
+    def __init__(self, size: int) -> None:
+        self.buckets = [0] * size
+        self.sum = 0.0
+        #: The last ``(trace_id, value, unix time)`` observed into each bucket, if any.
+        self.exemplars: list[tuple[str, float, float] | None] = [None] * size
+        self.created = time.time()
+
+
+def _bounds(buckets: Sequence[float]) -> list[float]:
+    """Upper bounds as prometheus-client's ``Histogram`` makes them (``+Inf`` last)."""
+    bounds = [float(b) for b in buckets]
+    if bounds != sorted(bounds):
+        raise ValueError("Buckets not in sorted order")
+    if not bounds or bounds[-1] != math.inf:
+        bounds.append(math.inf)
+    if len(bounds) < 2:
+        raise ValueError("Must have at least two buckets")
+    return bounds
+
+
+def _use_created() -> bool:
+    """Whether ``_created`` series are exposed (``PROMETHEUS_DISABLE_CREATED_SERIES``)."""
+    from prometheus_client import metrics
+
+    return bool(getattr(metrics, "_use_created", True))
+
+
+class _Store:
+    """The four request metrics of one registry and namespace, as plain Python values.
+
+    # Strategy: no locks on the request path (single process).
+    # prometheus-client takes a lock per value update: seven per request for these four
+    # metrics, about 7 us. Here a request adds to ints and floats in slotted objects and
+    # finds its buckets with ``bisect`` (about 0.5 us), and this collector turns the values
+    # into the same families (names, help, labels, ``_created``, exemplars) at scrape time.
+    # That is safe without locks because every update happens on the event loop thread:
+    # ``MetricsMiddleware.__call__`` and its receive/send wrappers are coroutines run by
+    # the loop that serves the request, and the loop runs one callback at a time, so no
+    # ``+=`` can interleave with another. A scrape from another thread (a
+    # ``start_http_server``) reads snapshots (``list(dict.items())``, atomic under the
+    # GIL): at worst a histogram's sum is one observation ahead of its buckets.
+    # With ``PROMETHEUS_MULTIPROC_DIR`` the values must reach the workers' files, so
+    # prometheus-client's own metrics are used instead (``MetricsMiddleware._fast``).
+    """
+
+    def __init__(self, namespace: str, buckets: Sequence[float]) -> None:
+        prefix = f"{namespace}_" if namespace else ""
+        self.requests_name = prefix + "http_requests_total"
+        self.duration_name = prefix + "http_request_duration_seconds"
+        self.progress_name = prefix + "http_requests_in_progress"
+        self.size_name = prefix + "http_response_size_bytes"
+        self.duration_bounds = _bounds(buckets)
+        self.size_bounds = _bounds(SIZE_BUCKETS)
+        self.progress = dict.fromkeys((*METHODS, "OTHER"), 0)
+        self.counts: dict[tuple[str, str, str], _Count] = {}
+        self.durations: dict[tuple[str, str], _Histogram] = {}
+        self.sizes: dict[tuple[str, str], _Histogram] = {}
+
+    def count(self, method: str, route: str, status: str) -> _Count:
+        key = (method, route, status)
+        found = self.counts.get(key)
+        if found is None:
+            found = self.counts[key] = _Count()
+        return found
+
+    def histograms(self, method: str, route: str) -> tuple[_Histogram, _Histogram]:
+        key = (method, route)
+        duration = self.durations.get(key)
+        if duration is None:
+            duration = self.durations[key] = _Histogram(len(self.duration_bounds))
+            self.sizes[key] = _Histogram(len(self.size_bounds))
+        return duration, self.sizes[key]
+
+    def _families(self) -> tuple[Metric, Metric, Metric, Metric]:
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
+
+        route = ("method", "route")
+        return (
+            CounterMetricFamily(self.requests_name, _REQUESTS_HELP, labels=(*route, "status")),
+            HistogramMetricFamily(self.duration_name, _DURATION_HELP, labels=route),
+            GaugeMetricFamily(self.progress_name, _PROGRESS_HELP, labels=("method",)),
+            HistogramMetricFamily(self.size_name, _SIZE_HELP, labels=route),
+        )
+
+    def describe(self) -> Iterator[Metric]:
+        """The families without samples, so a registry can refuse a clashing name."""
+        return iter(self._families())
+
+    def collect(self) -> Iterator[Metric]:
+        """The current values, as prometheus-client's own metrics would expose them."""
+        from prometheus_client.samples import Sample
+
+        created = _use_created()
+        requests, duration, progress, size = self._families()
+        samples = requests.samples
+        total, made = requests.name + "_total", requests.name + "_created"
+        for (method, route, status), count in list(self.counts.items()):
+            labels = {"method": method, "route": route, "status": status}
+            samples.append(Sample(total, labels, float(count.value), None, None))
+            if created:
+                samples.append(Sample(made, labels, count.created, None, None))
+        self._histogram_samples(duration, self.durations, self.duration_bounds, created)
+        for method, value in list(self.progress.items()):
+            progress.samples.append(
+                Sample(progress.name, {"method": method}, float(value), None, None)
+            )
+        self._histogram_samples(size, self.sizes, self.size_bounds, created)
+        return iter((requests, duration, progress, size))
+
+    @staticmethod
+    def _histogram_samples(
+        family: Metric,
+        series: dict[tuple[str, str], _Histogram],
+        bounds: list[float],
+        created: bool,
+    ) -> None:
+        from prometheus_client.samples import Exemplar, Sample
+        from prometheus_client.utils import floatToGoString
+
+        name, samples = family.name, family.samples
+        les = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
+        for (method, route), histogram in list(series.items()):
+            labels = {"method": method, "route": route}
+            exemplars = list(histogram.exemplars)
+            acc = 0.0
+            for i, count in enumerate(list(histogram.buckets)):
+                acc += count
+                mark = exemplars[i]
+                exemplar = None
+                if mark is not None:
+                    exemplar = Exemplar({"trace_id": mark[0]}, mark[1], mark[2])
+                bucket = {**labels, "le": les[i]}
+                samples.append(Sample(name + "_bucket", bucket, acc, None, exemplar))
+            samples.append(Sample(name + "_count", labels, acc, None, None))
+            if bounds[0] >= 0:
+                samples.append(Sample(name + "_sum", labels, histogram.sum, None, None))
+            if created:
+                samples.append(Sample(name + "_created", labels, histogram.created, None, None))
+
+
+_REQUESTS_HELP = "HTTP requests by method, route template and final status."
+_DURATION_HELP = "Time from the request reaching this layer to the end of the response."
+_PROGRESS_HELP = "HTTP requests being served."
+_SIZE_HELP = "Bytes of response body sent."
+
+
+def _store(registry: CollectorRegistry, namespace: str, buckets: Sequence[float]) -> _Store:
+    """The one ``_Store`` of ``registry`` and ``namespace``, registered on first use.
+
+    Stacks built on one registry share it (so they add up, as prometheus-client's metrics
+    would); the first one's buckets win, as with ``shared_histogram``.
+    """
+    key = f"\0store:{namespace}"
+    with _shared_lock:
+        known = _shared.setdefault(registry, {})
+        store = known.get(key)
+        if store is None:
+            store = _Store(namespace, buckets)
+            registry.register(store)
+            known[key] = store
+        return store
+
+
+class _Cell:
+    """What one ``(method, route, status)`` request updates.
+
+    Single process: a ``_Count`` and two ``_Histogram``; many workers: prometheus-client's
+    pre-bound label children.
+    """
 
     __slots__ = ("count", "duration", "size")
 
@@ -352,42 +550,51 @@ class MetricsMiddleware:
         self._groups = tuple((re.compile(p), t) for p, t in groups.items())
         self._group_status = s.metrics_group_status if group_status is None else group_status
         self._multiprocess = multiprocess_enabled()
+        self._fast = not self._multiprocess
+        self._methods = frozenset(METHODS)
+        self._routes: set[str] = {UNMATCHED, OTHER}
+        self._cells: dict[tuple[str, str, int], _Cell] = {}
+        self._statuses: dict[int, str] = {}
 
         reg = self.registry
+        chosen = s.metrics_buckets if buckets is None else buckets
+        if self._fast:
+            store = self._store = _store(reg, ns, chosen)
+            self._progress = store.progress
+            self._duration_bounds = store.duration_bounds
+            self._size_bounds = store.size_bounds
+            return
         self._requests = shared_counter(
             "http_requests_total",
-            "HTTP requests by method, route template and final status.",
+            _REQUESTS_HELP,
             ("method", "route", "status"),
             registry=reg,
             namespace=ns,
         )
         self._duration = shared_histogram(
             "http_request_duration_seconds",
-            "Time from the request reaching this layer to the end of the response.",
+            _DURATION_HELP,
             ("method", "route"),
             registry=reg,
             namespace=ns,
-            buckets=s.metrics_buckets if buckets is None else buckets,
+            buckets=chosen,
         )
         in_progress = shared_gauge(
             "http_requests_in_progress",
-            "HTTP requests being served.",
+            _PROGRESS_HELP,
             ("method",),
             registry=reg,
             namespace=ns,
         )
         self._size = shared_histogram(
             "http_response_size_bytes",
-            "Bytes of response body sent.",
+            _SIZE_HELP,
             ("method", "route"),
             registry=reg,
             namespace=ns,
             buckets=SIZE_BUCKETS,
         )
         self._in_progress = {m: in_progress.labels(m) for m in (*METHODS, "OTHER")}
-        self._routes: set[str] = {UNMATCHED, OTHER}
-        self._children: dict[tuple[str, str, int], _Children] = {}
-        self._statuses: dict[int, str] = {}
 
     # -- the request path --
 
@@ -405,14 +612,8 @@ class MetricsMiddleware:
             return
 
         method: str = scope["method"]
-        if method not in self._in_progress:
+        if method not in self._methods:
             method = "OTHER"
-        info: RequestInfo | None = scope.get(INFO_KEY)
-        if info is None:  # used alone: a private record, for the resolver's mount math
-            info = RequestInfo("", None, scope.get("root_path", ""))
-            info.trace_id = get_trace_id()
-        status = 0
-        size = 0
         gone = False
 
         async def receive_watching() -> Message:
@@ -422,82 +623,106 @@ class MetricsMiddleware:
                 gone = True
             return message
 
-        async def send_counting(message: Message) -> None:
-            nonlocal status, size
-            kind = message["type"]
-            if kind == "http.response.body":
-                size += len(message.get("body", b""))
-            elif kind == "http.response.start":
-                status = message["status"]
-                try:
-                    await send(message)
-                except OSError:
-                    status = CANCELLED_STATUS  # the client left before the answer started
-                    raise
-                return
-            await send(message)
+        info: RequestInfo | None = scope.get(INFO_KEY)
+        if info is not None:
+            # The context layer outside already wraps ``send``: its wrapper records the
+            # status the client got in ``info.status`` (499 when the start could not be
+            # sent) and counts the body bytes in ``info.sent``. No second wrapper.
+            inner_send = send
+            start = time.perf_counter()
+        else:  # used alone: a private record, for the resolver's mount math and the counts
+            info = own = RequestInfo("", None, scope.get("root_path", ""))
+            info.trace_id = get_trace_id()
+            start = info.start  # just taken
 
-        gauge = self._in_progress[method]
-        gauge.inc()
-        start = time.perf_counter()
+            async def inner_send(message: Message) -> None:
+                kind = message["type"]
+                if kind == "http.response.body":
+                    own.sent += len(message.get("body", b""))
+                elif kind == "http.response.start":
+                    own.status = message["status"]
+                    try:
+                        await send(message)
+                    except OSError:
+                        own.status = CANCELLED_STATUS  # the client left before the answer
+                        raise
+                    return
+                await send(message)
+
+        fast = self._fast
+        if fast:
+            self._progress[method] += 1
+        else:
+            self._in_progress[method].inc()
+        status = 0
         try:
-            await self.app(scope, receive_watching, send_counting)
+            await self.app(scope, receive_watching, inner_send)
         except Exception:
-            if not status:
-                status = CANCELLED_STATUS if gone else 500
+            status = info.status or (CANCELLED_STATUS if gone else 500)
             raise
         except BaseException as exc:
-            if not status:
-                # Cancelled: the client went away before an answer. Any other BaseException
-                # (KeyboardInterrupt, SystemExit...) is answered 500 by the server, and the
-                # access log says so too.
-                status = CANCELLED_STATUS if isinstance(exc, asyncio.CancelledError) else 500
+            # Cancelled: the client went away before an answer. Any other BaseException
+            # (KeyboardInterrupt, SystemExit...) is answered 500 by the server, and the
+            # access log says so too.
+            status = info.status or (
+                CANCELLED_STATUS if isinstance(exc, asyncio.CancelledError) else 500
+            )
             raise
         finally:
             duration = time.perf_counter() - start
-            gauge.dec()
-            if not status:  # returned without answering: the server sends a 500
-                status = CANCELLED_STATUS if gone else 500
-                if info.status == 0:
-                    info.status = status  # so the access log tells the same story
-            self._record(scope, info, path, method, status, duration, size)
-
-    def _record(
-        self,
-        scope: Scope,
-        info: RequestInfo,
-        path: str,
-        method: str,
-        status: int,
-        duration: float,
-        size: int,
-    ) -> None:
-        route = resolve_route(scope, info)
-        if route is None:
-            route = UNMATCHED
-            for pattern, template in self._groups:
-                if pattern.match(path):
-                    route = template
-                    info.route = template  # the access log and Sentry name it the same
-                    break
-        routes = self._routes
-        if route not in routes:
-            if len(routes) - 2 >= self._max_routes:
-                route = OTHER
+            if fast:
+                self._progress[method] -= 1
             else:
-                routes.add(route)
-        children = self._children.get((method, route, status))
-        if children is None:
-            children = self._bind(method, route, status)
-        children.count.inc()
-        trace_id = info.trace_id
-        if trace_id is not None:
-            children.duration.observe(duration, {"trace_id": trace_id})
-        else:
-            children.duration.observe(duration)
-        children.size.observe(size)
+                self._in_progress[method].dec()
+            if not status:
+                status = info.status
+                if not status:  # returned without answering: the server sends a 500
+                    status = info.status = CANCELLED_STATUS if gone else 500
+            # Inlined (no helper call): this block is most of the layer's own cost.
+            route = resolve_route(scope, info)
+            if route is None:
+                route = UNMATCHED
+                for pattern, template in self._groups:
+                    if pattern.match(path):
+                        route = template
+                        info.route = template  # the access log and Sentry name it the same
+                        break
+            routes = self._routes
+            if route not in routes:
+                if len(routes) - 2 >= self._max_routes:
+                    route = OTHER
+                else:
+                    routes.add(route)
+            cell = self._cells.get((method, route, status))
+            if cell is None:
+                cell = self._bind(method, route, status)
+            if fast:
+                cell.count.value += 1
+                histogram = cell.duration
+                i = bisect_left(self._duration_bounds, duration)
+                histogram.buckets[i] += 1
+                histogram.sum += duration
+                trace_id = info.trace_id
+                if trace_id is not None:
+                    histogram.exemplars[i] = (trace_id, duration, time.time())
+                histogram = cell.size
+                size = info.sent
+                histogram.buckets[bisect_left(self._size_bounds, size)] += 1
+                histogram.sum += size
+            else:
+                self._observe(cell, duration, info.sent, info.trace_id)
 
-    def _bind(self, method: str, route: str, status: int) -> _Children:
+    @staticmethod
+    def _observe(cell: _Cell, duration: float, size: int, trace_id: str | None) -> None:
+        """Many workers: prometheus-client's children write to the workers' files."""
+        cell.count.inc()
+        if trace_id is not None:
+            cell.duration.observe(duration, {"trace_id": trace_id})
+        else:
+            cell.duration.observe(duration)
+        cell.size.observe(size)
+
+    def _bind(self, method: str, route: str, status: int) -> _Cell:
         label = self._statuses.get(status)
         if label is None:
             if self._group_status:
@@ -505,13 +730,17 @@ class MetricsMiddleware:
             else:
                 label = str(status) if 100 <= status <= 999 else "other"
             self._statuses[status] = label
-        children = _Children(
-            self._requests.labels(method, route, label),
-            self._duration.labels(method, route),
-            self._size.labels(method, route),
-        )
-        self._children[(method, route, status)] = children
-        return children
+        if self._fast:
+            store = self._store
+            cell = _Cell(store.count(method, route, label), *store.histograms(method, route))
+        else:
+            cell = _Cell(
+                self._requests.labels(method, route, label),
+                self._duration.labels(method, route),
+                self._size.labels(method, route),
+            )
+        self._cells[(method, route, status)] = cell
+        return cell
 
     # -- the endpoint --
 
