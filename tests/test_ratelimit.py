@@ -41,6 +41,24 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     return fake
 
 
+def limits_reference(strategy: str) -> Any:
+    """limits' own strategy over its own MemoryStorage (its timer thread off): the reference."""
+    from limits.storage import MemoryStorage
+    from limits.strategies import STRATEGIES as LIMITS_STRATEGIES
+
+    class QuietMemoryStorage(MemoryStorage):
+        STORAGE_SCHEME = None  # type: ignore[assignment]  # not a registered scheme
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.timer.cancel()
+
+        def _MemoryStorage__schedule_expiry(self) -> None:
+            """No timer thread: expired entries only cost memory here."""
+
+    return LIMITS_STRATEGIES[strategy](QuietMemoryStorage())
+
+
 def limiter(app: Any, **options: Any) -> RateLimitMiddleware:
     settings = Settings.from_env({})
     options.setdefault("registry", CollectorRegistry())
@@ -106,8 +124,15 @@ async def test_retry_after_is_the_true_reset_memory(strategy: str, clock: FakeCl
         clock.advance(20.3)
         rejected = await client.get("/ok")
     assert rejected.status_code == 429
-    stats = mw._limiter.sync.get_window_stats(mw.rules[0].limits[0].item, "*", "203.0.113.7")
-    true_reset = stats.reset_time - clock.now
+    # limits' own strategy over its own MemoryStorage, fed the same hits, says when it resets.
+    reference = limits_reference(strategy)
+    item = mw.rules[0].limits[0].item
+    clock.advance(-20.3)
+    for _ in range(3):
+        reference.hit(item, "*", "203.0.113.7")
+    clock.advance(20.3)
+    assert not reference.hit(item, "*", "203.0.113.7")
+    true_reset = reference.get_window_stats(item, "*", "203.0.113.7").reset_time - clock.now
     retry_after = int(rejected.headers["retry-after"])
     assert 0 <= retry_after - true_reset < 1
     assert retry_after >= 1
@@ -406,25 +431,58 @@ def test_two_instances_share_one_limit_through_redis(redis_server: Any) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("strategy", ["sliding-window-counter", "moving-window"])
+@pytest.mark.parametrize("strategy", STRATEGIES)
 def test_memory_storage_stays_bounded(strategy: str, clock: FakeClock) -> None:
     """100,000 distinct keys expire: the next 100,000 do not double the storage."""
     mw = limiter(build("raw"), default="5/minute", strategy=strategy)
-    storage, hit = mw.storage, mw._limiter.sync.hit
-    item = mw.rules[0].limits[0].item
-
-    def entries() -> int:
-        return len(storage.storage) + len(storage.events)
+    store, plan = mw.storage, mw.rules[0].plan
 
     for i in range(100_000):
-        hit(item, "*", f"a{i}")
-    assert entries() == 100_000
+        mw.decide_memory(plan, f"a{i}", True)
+    assert len(store) == 100_000
     clock.advance(300)  # past every window (sliding counters live two windows)
     for i in range(100_000):
-        hit(item, "*", f"b{i}")
-    assert entries() <= 100_000 + 100
-    assert len(storage._heap) <= 100_000 + 100
-    assert len(storage.locks) <= 100_000 + 100
+        mw.decide_memory(plan, f"b{i}", True)
+    assert len(store) <= 100_000 + 100
+    assert len(store._heap) <= 100_000 + 100
+
+
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_memory_store_matches_limits_exactly(strategy: str) -> None:
+    """The memory store answers every hit as limits' strategy over its MemoryStorage does."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    steps = st.lists(
+        st.tuples(
+            st.sampled_from([0.0, 0.001, 0.25, 0.5, 1.0, 7.3, 19.75, 30.0, 59.9, 60.0, 61.5, 130]),
+            st.sampled_from(["a", "b"]),
+        ),
+        max_size=40,
+    )
+
+    @settings(max_examples=60, deadline=None)
+    @given(spec=st.sampled_from(["1/minute", "3/minute", "5/10 seconds", "4/second"]), ops=steps)
+    def check(spec: str, ops: list[tuple[float, str]]) -> None:
+        clock = FakeClock(1_800_000_000.25)
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(time, "time", clock)
+            mw = limiter(build("raw"), default=spec, strategy=strategy)
+            reference = limits_reference(strategy)
+            item = mw.rules[0].limits[0].item
+            for advance, key in ops:
+                clock.advance(advance)
+                rejected, _, remaining, reset = mw.decide_memory(mw.rules[0].plan, key, True)
+                allowed = reference.hit(item, "*", key)
+                stats = reference.get_window_stats(item, "*", key)
+                assert (rejected is None) == allowed
+                if allowed:
+                    assert remaining == stats.remaining
+                    assert reset == max(0, math.ceil(stats.reset_time - clock.now))
+                else:
+                    assert reset == max(1, math.ceil(stats.reset_time - clock.now))
+
+    check()
 
 
 # --- FastAPI dependency, start-up warning, config, scopes --------------------------------
