@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -50,6 +50,9 @@ from buttress._asgi import (
 from buttress.adapters import EXCEPTION_KEY
 from buttress.config import Settings
 from buttress.logs import LogThrottle, mark_logged
+
+if TYPE_CHECKING:
+    from buttress.sentry import RequestScopes
 
 __all__ = ["INTERNAL_ERROR_DETAIL", "ErrorMiddleware", "exception_status"]
 
@@ -133,7 +136,11 @@ class ErrorMiddleware:
         self._traced = "sentry_sdk" in sys.modules and _sentry_tracing()
         # Without tracing, each request still gets its own Sentry scope, or breadcrumbs,
         # tags and users set while serving one request would end up on another's event.
-        self._isolated = not self._traced and "sentry_sdk" in sys.modules and _sentry_active()
+        self._scopes: RequestScopes | None = None
+        if not self._traced and "sentry_sdk" in sys.modules and _sentry_active():
+            from buttress.sentry import RequestScopes
+
+            self._scopes = RequestScopes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -143,14 +150,12 @@ class ErrorMiddleware:
             from buttress.sentry import run_traced
 
             await run_traced(self._handle, scope, receive, send)
-        elif self._isolated:
-            from buttress.sentry import enter_request_scope
-
-            leave = enter_request_scope()
+        elif self._scopes is not None:
+            token = self._scopes.enter()
             try:
                 await self._handle(scope, receive, send)
             finally:
-                leave()
+                self._scopes.leave(token)
         else:
             await self._handle(scope, receive, send)
 

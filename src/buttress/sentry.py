@@ -305,37 +305,40 @@ def _replace(obj: Any, secrets: list[str], depth: int) -> Any:
     return obj
 
 
-def enter_request_scope() -> Callable[[], None]:
-    """Give the request its own Sentry isolation scope; returns the function that leaves it.
+class RequestScopes:
+    """Gives each request its own Sentry isolation scope (``enter`` / ``leave``).
 
     # Strategy: breadcrumbs, tags and users set while serving one request live on Sentry's
     # isolation scope and must not reach another request's event. ``isolation_scope()``
     # forks both the current and the isolation scope through a generator context manager
     # (about 4x the cost); forking just the isolation scope into its ContextVar is what
-    # isolates that data. Falls back to the public API if sentry-sdk ever keeps the scope
-    # elsewhere.
+    # isolates that data. Everything is looked up once here, not per request; if sentry-sdk
+    # ever keeps the scope elsewhere, the public context manager is used instead.
     """
-    from contextvars import ContextVar
 
-    from sentry_sdk import scope as sentry_scope
+    def __init__(self) -> None:
+        from contextvars import ContextVar
 
-    var = getattr(sentry_scope, "_isolation_scope", None)
-    if not isinstance(var, ContextVar):
-        import sentry_sdk
+        from sentry_sdk import scope as sentry_scope
 
-        manager = sentry_sdk.isolation_scope()
-        manager.__enter__()
+        var = getattr(sentry_scope, "_isolation_scope", None)
+        self._var: ContextVar[Any] | None = var if isinstance(var, ContextVar) else None
+        self._current = sentry_scope.Scope.get_isolation_scope
 
-        def leave_public() -> None:
-            manager.__exit__(None, None, None)
+    def enter(self) -> Any:
+        if self._var is None:
+            import sentry_sdk
 
-        return leave_public
-    token = var.set(sentry_scope.Scope.get_isolation_scope().fork())
+            manager = sentry_sdk.isolation_scope()
+            manager.__enter__()
+            return manager
+        return self._var.set(self._current().fork())
 
-    def leave() -> None:
-        var.reset(token)
-
-    return leave
+    def leave(self, token: Any) -> None:
+        if self._var is None:
+            token.__exit__(None, None, None)
+        else:
+            self._var.reset(token)
 
 
 async def run_traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
