@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 
@@ -29,9 +30,21 @@ def http_scope(
     return scope
 
 
-async def call(app: Any, scope: dict[str, Any], body: bytes = b"") -> list[dict[str, Any]]:
-    """Run one request and return every message the app sent."""
-    sent: list[dict[str, Any]] = []
+async def call(
+    app: Any,
+    scope: dict[str, Any],
+    body: bytes = b"",
+    *,
+    sent: list[dict[str, Any]] | None = None,
+    stay_connected: bool = False,
+) -> list[dict[str, Any]]:
+    """Run one request and return every message the app sent (also collected in ``sent``).
+
+    After the body, ``receive`` answers ``http.disconnect`` at once, or, with
+    ``stay_connected``, waits like a client that stays until the response is complete
+    (frameworks that watch for a disconnect would otherwise abort the request).
+    """
+    messages: list[dict[str, Any]] = [] if sent is None else sent
     delivered = False
 
     async def receive() -> dict[str, Any]:
@@ -39,13 +52,15 @@ async def call(app: Any, scope: dict[str, Any], body: bytes = b"") -> list[dict[
         if not delivered:
             delivered = True
             return {"type": "http.request", "body": body, "more_body": False}
+        if stay_connected:
+            await asyncio.Event().wait()
         return {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
+        messages.append(message)
 
     await app(scope, receive, send)
-    return sent
+    return messages
 
 
 def response_headers(messages: list[dict[str, Any]]) -> dict[bytes, bytes]:

@@ -20,26 +20,7 @@ from hypothesis import strategies as st
 
 import buttress
 from tests.apps import build
-
-
-async def _call(app: Any, scope: dict[str, Any], body: bytes, sent: list[dict[str, Any]]) -> None:
-    delivered = False
-
-    async def receive() -> dict[str, Any]:
-        nonlocal delivered
-        if not delivered:
-            delivered = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        # A client that stays connected until the response is complete, as a real one does
-        # (frameworks that watch for a disconnect would otherwise abort every request).
-        await asyncio.Event().wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict[str, Any]) -> None:
-        sent.append(message)
-
-    await app(scope, receive, send)
-
+from tests.asgi_driver import call
 
 METHODS = st.sampled_from(
     [
@@ -153,7 +134,7 @@ def test_stack_survives_arbitrary_requests(framework: str) -> None:
         scope = _scope(method, path, raw_extra, headers, query)
         messages: list[dict[str, Any]] = []
         try:
-            runner.run(_call(stack, scope, body, messages))
+            runner.run(call(stack, scope, body, sent=messages, stay_connected=True))
         except Exception as exc:
             # Only an abort of a response that had already started may escape.
             if not any(m["type"] == "http.response.start" for m in messages):
