@@ -11,6 +11,7 @@ import pytest
 import buttress
 from buttress.errors import ErrorMiddleware
 from tests.apps import SpecificUserAlreadyExists, UserAlreadyExists, build
+from tests.asgi_driver import http_scope
 from tests.conftest import LogCapture, client_for
 
 MAP = {UserAlreadyExists: 409}
@@ -172,23 +173,6 @@ class Recorder:
         return [m.get("body", b"") for m in self.messages if m["type"] == "http.response.body"]
 
 
-def http_scope(path: str = "/", method: str = "GET") -> dict[str, Any]:
-    return {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": method,
-        "scheme": "http",
-        "path": path,
-        "raw_path": path.encode(),
-        "root_path": "",
-        "query_string": b"",
-        "headers": [(b"host", b"testserver")],
-        "client": ("203.0.113.7", 50000),
-        "server": ("testserver", 80),
-    }
-
-
 async def receive() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
@@ -205,7 +189,7 @@ async def test_streamed_200_arrives_chunk_by_chunk(logs: LogCapture) -> None:
             await send({"type": "http.response.body", "body": b"c%d" % i, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    await stack(app)(http_scope(), receive, recorder.send)
+    await stack(app)(http_scope("/"), receive, recorder.send)
     assert seen_before == [0, 1, 2]  # chunk i was already forwarded when chunk i+1 was made
     assert recorder.bodies == [b"c0", b"c1", b"c2", b""]
 
@@ -248,7 +232,7 @@ async def test_exception_after_stream_started_reraised(logs: LogCapture) -> None
         raise RuntimeError("mid-stream")
 
     with pytest.raises(RuntimeError, match="mid-stream"):
-        await stack(app)(http_scope(), receive, recorder.send)
+        await stack(app)(http_scope("/"), receive, recorder.send)
     assert len(recorder.starts) == 1
     assert recorder.starts[0]["status"] == 200
     assert len(logs.events("unhandled exception after the response started")) == 1
@@ -271,7 +255,7 @@ async def test_huge_non_json_error_body_passes_unchanged(logs: LogCapture) -> No
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
-    await stack(app)(http_scope(), receive, recorder.send)
+    await stack(app)(http_scope("/"), receive, recorder.send)
     assert recorder.starts[0]["status"] == 502
     assert b"".join(recorder.bodies) == chunk * 3
     assert len(recorder.starts) == 1
@@ -290,7 +274,7 @@ async def test_error_with_large_content_length_is_not_held(logs: LogCapture) -> 
         assert len(recorder.starts) == 1  # already forwarded
         await send({"type": "http.response.body", "body": body})
 
-    await ErrorMiddleware(app, body_limit=10)(http_scope(), receive, recorder.send)
+    await ErrorMiddleware(app, body_limit=10)(http_scope("/"), receive, recorder.send)
     assert recorder.bodies == [body]
 
 
