@@ -83,8 +83,9 @@ def buttress_settings(**overrides: Any) -> Any:
 
 def configure_buttress_logging(settings: Any) -> None:
     import buttress
+    from buttress.stack import logging_options
 
-    buttress.configure_logging(settings, stream=devnull())
+    buttress.configure_logging(**logging_options(settings), stream=devnull())
 
 
 def buttress_stack(app: Any, settings: Any) -> Any:
@@ -99,17 +100,20 @@ def buttress_stack(app: Any, settings: Any) -> Any:
 def buttress_layer(name: str, app: Any, settings: Any) -> Any:
     """One buttress layer alone around ``app``."""
     import buttress
+    from buttress import stack
 
     if name == "context":
-        return buttress.RequestContextMiddleware(app, settings=settings)
+        return buttress.RequestContextMiddleware(app, **stack.context_options(settings))
     if name == "metrics":
         from prometheus_client import CollectorRegistry
 
-        return buttress.MetricsMiddleware(app, settings=settings, registry=CollectorRegistry())
+        return buttress.MetricsMiddleware(
+            app, registry=CollectorRegistry(), **stack.metrics_options(settings)
+        )
     if name == "errors":
-        return buttress.ErrorMiddleware(app, settings=settings)
+        return buttress.ErrorMiddleware(app, **stack.error_options(settings))
     if name == "ratelimit":
-        return buttress.RateLimitMiddleware(app, settings=settings)
+        return buttress.RateLimitMiddleware(app, **stack.rate_limit_options(settings))
     raise ValueError(f"unknown buttress layer {name!r}")
 
 
@@ -149,7 +153,9 @@ def init_buttress_sentry(settings: Any) -> dict[str, Any]:
     params = inspect.signature(init_sentry).parameters.values()
     if any(p.name == "transport" or p.kind is p.VAR_KEYWORD for p in params):
         kwargs["transport"] = drop_transport()
-    result = init_sentry(settings, **kwargs)
+    from buttress.stack import sentry_options
+
+    result = init_sentry(**{**sentry_options(settings), **kwargs})
     client = sentry_sdk.get_client()
     active = client.is_active()
     if active:

@@ -35,6 +35,16 @@ def _clean_logging_state() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
+def _default_retry_policy() -> Iterator[None]:
+    """wrap() sets the retry defaults process-wide; every test starts from the documented ones."""
+    from buttress.retry import configure_retries
+
+    configure_retries()
+    yield
+    configure_retries()
+
+
+@pytest.fixture(autouse=True)
 def _no_buttress_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tests read settings only from what they pass, never from the developer's shell."""
     for key in list(os.environ):
@@ -83,7 +93,7 @@ def logs() -> Iterator[LogCapture]:
     import logging
 
     capture = LogCapture()
-    buttress.configure_logging(buttress.Settings.from_env({}), stream=capture.stream)
+    buttress.configure_logging(stream=capture.stream)
     yield capture
     root = logging.getLogger()
     for handler in list(root.handlers):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from buttress.config import Settings
 from buttress.ratelimit import RateLimitMiddleware
+from buttress.stack import rate_limit_options
 from tests.apps import build
 
-app = RateLimitMiddleware(build("starlette"), settings=Settings.from_env())
+app = RateLimitMiddleware(build("starlette"), **rate_limit_options(Settings.from_env()))

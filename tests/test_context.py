@@ -17,10 +17,6 @@ from tests.asgi_driver import call, http_scope, response_headers
 from tests.conftest import LogCapture, client_for
 
 
-def _settings(**kw: Any) -> buttress.Settings:
-    return buttress.Settings.from_env({}, **kw)
-
-
 async def _json_ok(scope: Any, receive: Any, send: Any) -> None:
     structlog.get_logger("app").info("inside")
     body = json.dumps(
@@ -77,7 +73,7 @@ async def test_valid_incoming_request_id_is_kept(
 )
 async def test_malformed_request_id_is_replaced(bad: bytes, logs: LogCapture) -> None:
     """An incoming id outside 1-128 chars of [A-Za-z0-9._:-] is replaced, never echoed."""
-    stack = RequestContextMiddleware(_json_ok, settings=_settings())
+    stack = RequestContextMiddleware(_json_ok)
     messages = await call(stack, http_scope(headers=[(b"x-request-id", bad)]))
     echoed = response_headers(messages)[b"x-request-id"]
     assert echoed != bad and len(echoed) == 32
@@ -87,7 +83,7 @@ async def test_malformed_request_id_is_replaced(bad: bytes, logs: LogCapture) ->
 async def test_custom_request_id_header(logs: LogCapture) -> None:
     """BUTTRESS_REQUEST_ID_HEADER picks the header that is read and echoed."""
     stack = RequestContextMiddleware(
-        _json_ok, settings=_settings(request_id_header="X-Correlation-ID")
+        _json_ok, request_id_header="X-Correlation-ID"
     )
     messages = await call(stack, http_scope(headers=[(b"x-correlation-id", b"corr-1")]))
     headers = response_headers(messages)
@@ -129,7 +125,7 @@ def test_traceparent_parsing(header: bytes, expected: tuple[str, str] | None) ->
 
 async def test_trace_ids_are_bound_to_log_lines(logs: LogCapture) -> None:
     """A valid traceparent puts trace_id and span_id on every line of the request."""
-    stack = RequestContextMiddleware(_json_ok, settings=_settings())
+    stack = RequestContextMiddleware(_json_ok)
     tp = b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
     await call(stack, http_scope(headers=[(b"traceparent", tp)]))
     await call(stack, http_scope(headers=[(b"traceparent", b"00-bad")]))
@@ -199,7 +195,10 @@ def test_client_ip_honours_only_trusted_proxies(
 ) -> None:
     """Forwarding headers count only from trusted peers, walked right to left past trusted hops."""
     scope = http_scope(headers=headers, client=(peer, 1234))
-    assert client_ip(scope, _nets(*trusted)) == expected
+    # The header read is configured (BUTTRESS_FORWARDED_HEADER); these rows use the one
+    # they were written for.
+    header = "forwarded" if any(k == b"forwarded" for k, _ in headers) else "x-forwarded-for"
+    assert client_ip(scope, _nets(*trusted), header) == expected
 
 
 def test_client_ip_without_client_is_none() -> None:
@@ -213,7 +212,7 @@ def test_client_ip_without_client_is_none() -> None:
 
 async def test_spoofed_forwarded_for_does_not_change_logged_ip(logs: LogCapture) -> None:
     """An untrusted client cannot choose the IP written to its log lines."""
-    stack = RequestContextMiddleware(_json_ok, settings=_settings(trusted_proxies="10.0.0.0/8"))
+    stack = RequestContextMiddleware(_json_ok, trusted_proxies="10.0.0.0/8")
     messages = await call(stack, http_scope(headers=[(b"x-forwarded-for", b"1.1.1.1")]))
     assert json.loads(messages[-1]["body"])["ip"] == "198.51.100.9"
     assert logs.access[-1]["client_ip"] == "198.51.100.9"
@@ -230,7 +229,7 @@ async def test_hundreds_of_concurrent_requests_keep_their_own_ids(logs: LogCaptu
         log.info("end", mine=buttress.get_request_id())
         await _json_ok(scope, receive, send)
 
-    stack = RequestContextMiddleware(slow_app, settings=_settings())
+    stack = RequestContextMiddleware(slow_app)
     ids = [f"req-{i}" for i in range(300)]
     await asyncio.gather(
         *(call(stack, http_scope(headers=[(b"x-request-id", i.encode())])) for i in ids)
@@ -246,7 +245,7 @@ async def test_hundreds_of_concurrent_requests_keep_their_own_ids(logs: LogCaptu
 
 async def test_context_is_cleared_after_the_request(logs: LogCapture) -> None:
     """Nothing bound for a request survives it in the task that served it."""
-    stack = RequestContextMiddleware(_json_ok, settings=_settings())
+    stack = RequestContextMiddleware(_json_ok)
     await call(stack, http_scope(headers=[(b"x-request-id", b"first")]))
     assert buttress.get_request_id() is None
     assert structlog.contextvars.get_contextvars() == {}
@@ -260,7 +259,7 @@ async def test_request_id_even_when_app_crashes(logs: LogCapture) -> None:
     async def crash(scope: Any, receive: Any, send: Any) -> None:
         raise RuntimeError("kaput")
 
-    stack = RequestContextMiddleware(crash, settings=_settings())
+    stack = RequestContextMiddleware(crash)
     with pytest.raises(RuntimeError):
         await call(stack, http_scope())
     assert [line["status"] for line in logs.access] == [500]
@@ -275,7 +274,7 @@ async def test_websocket_gets_context_but_no_header_rewriting(logs: LogCapture) 
         seen["id"] = buttress.get_request_id()
         await send({"type": "websocket.accept", "headers": [(b"x-app", b"1")]})
 
-    stack = RequestContextMiddleware(ws_app, settings=_settings())
+    stack = RequestContextMiddleware(ws_app)
     sent: list[Any] = []
 
     async def receive() -> Any:
@@ -308,7 +307,7 @@ async def test_starlette_add_middleware(logs: LogCapture) -> None:
     from tests.apps import starlette_app
 
     app = starlette_app()
-    app.add_middleware(RequestContextMiddleware, settings=_settings(request_id_header="X-Trace"))
+    app.add_middleware(RequestContextMiddleware, request_id_header="X-Trace")
     async with client_for(app) as client:
         response = await client.get("/log", headers={"X-Trace": "t-1"})
     assert response.headers["x-trace"] == "t-1"

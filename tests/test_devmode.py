@@ -30,7 +30,10 @@ def restore_root_logging() -> Iterator[None]:
 
 def log_boom(stream: io.StringIO, **settings: Any) -> str:
     """Configure logging to ``stream``, log the exception ``_boom`` raises, return the output."""
-    buttress.configure_logging(buttress.Settings.from_env({}, **settings), stream=stream)
+    from buttress.stack import logging_options
+
+    options = logging_options(buttress.Settings.from_env({}, **settings))
+    buttress.configure_logging(**options, stream=stream)
     try:
         _boom()
     except RuntimeError:

@@ -19,9 +19,8 @@ MAP = {UserAlreadyExists: 409}
 
 def stack(app: Any, **overrides: Any) -> Any:
     """The whole buttress stack (metrics off: another layer's concern) around ``app``."""
-    return buttress.wrap(
-        app, configure_logging=False, metrics=False, exception_map=MAP, **overrides
-    )
+    overrides.setdefault("exception_map", MAP)
+    return buttress.wrap(app, configure_logging=False, metrics=False, **overrides)
 
 
 def assert_contract(resp: httpx.Response, status: int, detail: Any, framework: str) -> None:
@@ -63,11 +62,25 @@ async def test_http_exception_409_keeps_detail_and_headers(
 
 
 async def test_mapped_domain_exception(app: Any, framework: str, logs: LogCapture) -> None:
-    """A mapped domain exception answers its status with {"detail": str(exc)}, no traceback log."""
+    """A mapped exception answers its status and reason phrase, never its text; no traceback."""
     async with client_for(stack(app)) as client:
         resp = await client.get("/domain")
-    assert_contract(resp, 409, "User 7 already exists", framework)
+    assert_contract(resp, 409, "Conflict", framework)
+    assert "User 7" not in resp.text  # str(exc) may carry SQL, parameters, host names
     assert logs.events("unhandled exception") == []
+
+
+@pytest.mark.parametrize(
+    ("rule", "detail"),
+    [((409, "That user already exists"), "That user already exists"), ((409, str), "User 7 already exists")],
+)
+async def test_mapped_exception_detail_is_chosen_by_the_user(
+    app: Any, framework: str, rule: Any, detail: str
+) -> None:
+    """A mapping may give a fixed detail, or a callable of the exception (str to opt in)."""
+    async with client_for(stack(app, exception_map={UserAlreadyExists: rule})) as client:
+        resp = await client.get("/domain")
+    assert_contract(resp, 409, detail, framework)
 
 
 async def test_unhandled_exception_is_500_logged_once(
@@ -149,7 +162,14 @@ async def test_exception_map_from_environment(
     async with client_for(app) as client:
         resp = await client.get("/domain")
     assert resp.status_code == 410
-    assert resp.json() == {"detail": "User 7 already exists"}
+    assert resp.json() == {"detail": "Gone"}
+    monkeypatch.setenv(
+        "BUTTRESS_EXCEPTION_MAP", '{"tests.apps:UserAlreadyExists": [409, "Already there"]}'
+    )
+    app = buttress.wrap(build("starlette"), configure_logging=False, metrics=False)
+    async with client_for(app) as client:
+        resp = await client.get("/domain")
+    assert (resp.status_code, resp.json()) == (409, {"detail": "Already there"})
 
 
 # --- raw ASGI apps for the edge cases ---------------------------------------------------

@@ -66,14 +66,14 @@ async def test_access_level_follows_status(status: int, level: str, logs: LogCap
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    await call(RequestContextMiddleware(app, settings=_settings()), http_scope())
+    await call(RequestContextMiddleware(app), http_scope())
     assert [(line["status"], line["level"]) for line in logs.access] == [(status, level)]
 
 
 async def test_excluded_paths_are_not_access_logged(logs: LogCapture) -> None:
     """The metrics path (by default) and configured paths write no access line."""
     stack = RequestContextMiddleware(
-        _ok, settings=_settings(access_log_exclude="/healthz,/metrics")
+        _ok, access_log_exclude="/healthz,/metrics"
     )
     for path in ("/healthz", "/metrics", "/ok"):
         await call(stack, http_scope(path=path))
@@ -82,7 +82,7 @@ async def test_excluded_paths_are_not_access_logged(logs: LogCapture) -> None:
 
 async def test_access_log_can_be_turned_off(logs: LogCapture) -> None:
     """BUTTRESS_ACCESS_LOG=false writes no access lines but keeps the request id."""
-    stack = RequestContextMiddleware(_ok, settings=_settings(access_log="false"))
+    stack = RequestContextMiddleware(_ok, access_log=False)
     messages = await call(stack, http_scope())
     assert logs.access == []
     assert dict(messages[0]["headers"])[b"x-request-id"]
@@ -91,7 +91,7 @@ async def test_access_log_can_be_turned_off(logs: LogCapture) -> None:
 async def test_hostile_path_stays_on_one_json_line(logs: LogCapture) -> None:
     """Newlines and control characters in the path are escaped, never splitting a line."""
     path = '/a\nb\r\x00\x1b[31m"}{"level":"critical'
-    await call(RequestContextMiddleware(_ok, settings=_settings()), http_scope(path=path))
+    await call(RequestContextMiddleware(_ok), http_scope(path=path))
     raw = logs.text.splitlines()
     assert len(raw) == 1
     assert json.loads(raw[0])["path"] == path
@@ -100,7 +100,7 @@ async def test_hostile_path_stays_on_one_json_line(logs: LogCapture) -> None:
 async def test_lone_surrogates_do_not_lose_the_line(logs: LogCapture) -> None:
     """A path a server decoded with surrogate escapes still produces a parseable line."""
     path = "/caf\udce9"
-    await call(RequestContextMiddleware(_ok, settings=_settings()), http_scope(path=path))
+    await call(RequestContextMiddleware(_ok), http_scope(path=path))
     (line,) = logs.access
     assert line["status"] == 200 and line["path"].startswith("/caf")
 
@@ -109,7 +109,7 @@ async def test_http10_without_host_or_client(logs: LogCapture) -> None:
     """An HTTP/1.0 request with no Host header and no peer address is served and logged."""
     scope = http_scope(headers=[], http_version="1.0")
     del scope["client"]
-    messages = await call(RequestContextMiddleware(_ok, settings=_settings()), scope)
+    messages = await call(RequestContextMiddleware(_ok), scope)
     assert messages[0]["status"] == 200
     (line,) = logs.access
     assert line["client_ip"] is None and line["user_agent"] is None
@@ -124,7 +124,7 @@ async def test_disconnected_client_is_logged_once(logs: LogCapture) -> None:
         await asyncio.sleep(3600)
 
     task = asyncio.ensure_future(
-        call(RequestContextMiddleware(hang, settings=_settings()), http_scope())
+        call(RequestContextMiddleware(hang), http_scope())
     )
     await started.wait()
     task.cancel()
@@ -141,7 +141,7 @@ async def test_stdlib_logging_uses_the_same_json_format(logs: LogCapture) -> Non
         await _ok(scope, receive, send)
 
     await call(
-        RequestContextMiddleware(app, settings=_settings()),
+        RequestContextMiddleware(app),
         http_scope(headers=[(b"x-request-id", b"std-1")]),
     )
     (line,) = [line for line in logs.lines if line.get("logger") == "myapp.db"]
@@ -155,10 +155,9 @@ async def test_stdlib_logging_uses_the_same_json_format(logs: LogCapture) -> Non
 def test_configure_logging_twice_adds_no_second_handler() -> None:
     """Calling configure_logging again replaces its handler instead of doubling lines."""
     stream = io.StringIO()
-    settings = _settings()
     try:
-        buttress.configure_logging(settings, stream=stream)
-        buttress.configure_logging(settings, stream=stream)
+        buttress.configure_logging(stream=stream)
+        buttress.configure_logging(stream=stream)
         ours = [h for h in logging.getLogger().handlers if getattr(h, "_buttress_handler", False)]
         assert len(ours) == 1
         logging.getLogger("x").warning("once")
@@ -171,7 +170,7 @@ def test_configure_logging_twice_adds_no_second_handler() -> None:
 
 def test_level_filters_structlog_and_stdlib(logs: LogCapture) -> None:
     """BUTTRESS_LOG_LEVEL applies to structlog and the standard library alike."""
-    buttress.configure_logging(_settings(log_level="WARNING"), stream=logs.stream)
+    buttress.configure_logging(level="WARNING", stream=logs.stream)
     structlog.get_logger("a").info("hidden")
     logging.getLogger("b").info("hidden too")
     structlog.get_logger("a").warning("shown")
@@ -197,7 +196,7 @@ def test_console_format_is_readable_and_one_line_per_event() -> None:
     """The console renderer writes a coloured line per event, control characters escaped."""
     stream = io.StringIO()
     try:
-        buttress.configure_logging(_settings(env="development"), stream=stream)
+        buttress.configure_logging(log_format="console", show_locals=True, stream=stream)
         structlog.get_logger("app").info("hello", path="/a\nb")
         text = stream.getvalue()
         assert "hello" in text and "\x1b[" in text
@@ -212,7 +211,7 @@ def test_uvicorn_loggers_go_through_buttress() -> None:
     """uvicorn's error logger propagates to our handler and its access log is silenced."""
     stream = io.StringIO()
     try:
-        buttress.configure_logging(_settings(), stream=stream)
+        buttress.configure_logging(stream=stream)
         logging.getLogger("uvicorn.error").info(
             "Started server process", extra={"color_message": "Started \x1b[36mserver\x1b[0m"}
         )
@@ -236,12 +235,13 @@ async def test_direct_access_line_matches_the_structlog_chain(logs: LogCapture) 
     slow = AccessLogger()
     slow._direct = None
     structlog.contextvars.bind_contextvars(request_id="r-1", user="u-9")
-    from buttress._asgi import RequestInfo
+    from buttress._request import RequestRecord
 
     for logger in (fast, slow):
-        info = RequestInfo("r-1", "1.2.3.4", "")
-        info.status = 404
-        logger.log(http_scope(headers=[(b"user-agent", b"ua")]), info, 9, None)
+        record = RequestRecord("r-1", "1.2.3.4", "")
+        record.status = 404
+        record.sent = 9
+        logger.log(http_scope(headers=[(b"user-agent", b"ua")]), record, None)
     first, second = logs.lines
     assert list(first) == list(second)
     for key in first:
@@ -253,14 +253,14 @@ async def test_direct_access_line_matches_the_structlog_chain(logs: LogCapture) 
 
 async def test_access_lines_respect_the_log_level(logs: LogCapture) -> None:
     """With BUTTRESS_LOG_LEVEL=WARNING, successful requests write no access line, 4xx still do."""
-    buttress.configure_logging(_settings(log_level="WARNING"), stream=logs.stream)
+    buttress.configure_logging(level="WARNING", stream=logs.stream)
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         status = 404 if scope["path"] == "/missing" else 200
         await send({"type": "http.response.start", "status": status, "headers": []})
         await send({"type": "http.response.body", "body": b""})
 
-    stack = RequestContextMiddleware(app, settings=_settings(log_level="WARNING"))
+    stack = RequestContextMiddleware(app)
     await call(stack, http_scope(path="/ok"))
     await call(stack, http_scope(path="/missing"))
     assert [line["path"] for line in logs.access] == ["/missing"]

@@ -24,13 +24,10 @@ from prometheus_client.openmetrics.parser import (
 from prometheus_client.parser import text_string_to_metric_families
 
 import buttress
+from buttress._registry import shared_counter
 from buttress.config import ConfigError
-from buttress.metrics import (
-    MULTIPROC_ENV,
-    MetricsMiddleware,
-    prepare_multiprocess_dir,
-    shared_counter,
-)
+from buttress.metrics import MetricsMiddleware
+from buttress.metrics_endpoint import MULTIPROC_ENV, prepare_multiprocess_dir
 from tests.apps import build
 from tests.conftest import client_for, start_server, stop
 
@@ -235,7 +232,7 @@ async def test_in_progress_returns_to_zero_after_a_crash() -> None:
         assert _in_progress(registry) == 1
         raise RuntimeError("crash")
 
-    app = MetricsMiddleware(crash, settings=buttress.Settings.from_env({}), registry=registry)
+    app = MetricsMiddleware(crash, registry=registry)
     async with client_for(app) as client:
         with pytest.raises(RuntimeError):
             await client.get("/x")
@@ -254,7 +251,7 @@ async def test_in_progress_returns_to_zero_after_a_cancelled_request() -> None:
         entered.set()
         await asyncio.Event().wait()
 
-    app = MetricsMiddleware(slow, settings=buttress.Settings.from_env({}), registry=registry)
+    app = MetricsMiddleware(slow, registry=registry)
 
     async def receive() -> dict[str, Any]:
         await asyncio.Event().wait()
@@ -285,7 +282,7 @@ async def test_in_progress_returns_to_zero_after_a_disconnect() -> None:
             pass
 
     app = MetricsMiddleware(
-        waits_for_disconnect, settings=buttress.Settings.from_env({}), registry=registry
+        waits_for_disconnect, registry=registry
     )
     messages = [{"type": "http.request", "body": b"", "more_body": False}]
 
@@ -415,10 +412,15 @@ async def test_namespace_prefixes_every_name() -> None:
     assert "shop_http_requests_in_progress" in text and "\nhttp_requests" not in text
 
 
-def test_bad_namespace_is_a_config_error() -> None:
-    """A namespace that is not a metric-name prefix fails at start-up, naming the variable."""
-    with pytest.raises(ConfigError, match="BUTTRESS_METRICS_NAMESPACE='my-app'"):
+def test_bad_namespace_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A namespace that is not a metric-name prefix fails at start-up, naming where it came from."""
+    monkeypatch.setenv("BUTTRESS_METRICS_NAMESPACE", "shop-api")
+    with pytest.raises(ConfigError, match="BUTTRESS_METRICS_NAMESPACE='shop-api'"):
+        buttress.Settings.from_env()
+    with pytest.raises(ConfigError, match="metrics_namespace='my-app'"):
         stack("raw", metrics_namespace="my-app")
+    with pytest.raises(ConfigError, match="namespace='my-app'"):
+        MetricsMiddleware(build("raw"), namespace="my-app")
 
 
 async def test_custom_metrics_path_and_disabled_endpoint() -> None:
@@ -464,7 +466,7 @@ async def test_size_histogram_buckets_are_cumulative(alone: bool) -> None:
     registry = CollectorRegistry()
     settings = buttress.Settings.from_env({})
     if alone:
-        app: Any = MetricsMiddleware(sized, settings=settings, registry=registry)
+        app: Any = MetricsMiddleware(sized, registry=registry)
     else:
         app = buttress.wrap(sized, settings, configure_logging=False, registry=registry)
     async with client_for(app) as client:
@@ -525,7 +527,7 @@ def test_prepare_multiprocess_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 def test_dead_workers_live_gauges_are_removed(tmp_path: Path) -> None:
     """At scrape time, live-gauge files of processes that no longer exist are deleted."""
-    from buttress.metrics import _reap_dead_workers
+    from buttress.metrics_endpoint import _reap_dead_workers
 
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()

@@ -14,6 +14,7 @@ from prometheus_client import CollectorRegistry
 import buttress
 from buttress import Settings
 from buttress.ratelimit import RateLimitMiddleware, warn_if_memory_with_workers
+from buttress.stack import rate_limit_options
 from tests.apps import build
 from tests.conftest import LogCapture, client_for, start_server, stop
 
@@ -60,9 +61,8 @@ def limits_reference(strategy: str) -> Any:
 
 
 def limiter(app: Any, **options: Any) -> RateLimitMiddleware:
-    settings = Settings.from_env({})
     options.setdefault("registry", CollectorRegistry())
-    return RateLimitMiddleware(app, settings=settings, **options)
+    return RateLimitMiddleware(app, **options)
 
 
 def redis_options(redis_server: Any) -> dict[str, Any]:
@@ -317,9 +317,8 @@ async def test_callable_keys_sync_and_async(clock: FakeClock) -> None:
 
 async def test_untrusted_peer_cannot_spoof_the_key(clock: FakeClock) -> None:
     """A spoofed X-Forwarded-For from an untrusted peer never changes the key."""
-    settings = Settings.from_env({}, trusted_proxies="127.0.0.1")
     mw = RateLimitMiddleware(
-        build("raw"), settings=settings, default="2/minute", registry=CollectorRegistry()
+        build("raw"), trusted_proxies="127.0.0.1", default="2/minute", registry=CollectorRegistry()
     )
     async with client_for(mw) as client:
         codes = [
@@ -342,7 +341,7 @@ async def test_trusted_proxy_forwards_the_client(
         app = buttress.wrap(build("starlette"), settings, configure_logging=False)
     else:
         app = RateLimitMiddleware(
-            build("starlette"), settings=settings, registry=CollectorRegistry()
+            build("starlette"), registry=CollectorRegistry(), **rate_limit_options(settings)
         )
     async with client_for(app) as client:
         one = {"X-Forwarded-For": "198.51.100.1"}
@@ -517,28 +516,26 @@ async def test_fastapi_dependency_shares_the_middleware(clock: FakeClock) -> Non
 
 def test_memory_with_workers_warns(logs: LogCapture) -> None:
     """memory:// with several workers warns that limits multiply and names the fix."""
-    limited = Settings.from_env({}, rate_limit="10/minute")
-    message = warn_if_memory_with_workers(limited, 4)
+    message = warn_if_memory_with_workers(limited=True, storage="memory://", workers=4)
     assert message is not None
     assert "multiplied by 4" in message and "redis://" in message
     assert logs.events("rate_limit_memory_with_workers")
-    assert warn_if_memory_with_workers(limited, 1) is None
-    redis = Settings.from_env({}, rate_limit="10/minute", rate_limit_storage="redis://r:6379")
-    assert warn_if_memory_with_workers(redis, 4) is None
-    assert warn_if_memory_with_workers(Settings.from_env({}), 4) is None
+    assert warn_if_memory_with_workers(limited=True, storage="memory://", workers=1) is None
+    assert warn_if_memory_with_workers(limited=True, storage="redis://r:6379", workers=4) is None
+    assert warn_if_memory_with_workers(limited=False, storage="memory://", workers=4) is None
 
 
 def test_bad_configuration_is_explained() -> None:
-    """Bad limits, route keys and key settings fail at start-up with a hint."""
-    with pytest.raises(ValueError, match="is not a rate limit"):
+    """Bad limits, route keys and key settings fail at start-up naming the keyword, with a hint."""
+    with pytest.raises(ValueError, match=r"default='ten per minute'.*is not a rate limit"):
         limiter(build("raw"), default="ten per minute")
-    with pytest.raises(ValueError, match="METHOD /path"):
+    with pytest.raises(ValueError, match=r"limits=.*METHOD /path"):
         limiter(build("raw"), limits={"items": "1/minute"})
-    with pytest.raises(ValueError, match="header:<Name>"):
+    with pytest.raises(ValueError, match=r"key='cookie'.*header:<Name>"):
         limiter(build("raw"), key="cookie")
-    with pytest.raises(ValueError, match="is not a strategy"):
+    with pytest.raises(ValueError, match=r"strategy='token-bucket'.*moving-window"):
         limiter(build("raw"), default="1/minute", strategy="token-bucket")
-    with pytest.raises(ValueError, match="not a supported storage"):
+    with pytest.raises(ValueError, match=r"storage='mongodb://x'.*redis://"):
         limiter(build("raw"), storage="mongodb://x")
 
 

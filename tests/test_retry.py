@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 import buttress
 from buttress.retry import transient
+from tests.apps import build
 from tests.conftest import ROOT, client_for
 
 
@@ -220,17 +221,18 @@ def test_deadline_starts_at_each_call(clock: FakeClock, registry: CollectorRegis
     assert flaky.calls == 2
 
 
-def test_defaults_are_read_from_the_environment_when_created(
+def test_defaults_follow_wrap_even_for_policies_made_before(
     monkeypatch: pytest.MonkeyPatch, clock: FakeClock, registry: CollectorRegistry
 ) -> None:
-    """BUTTRESS_RETRY_* are read when transient() is called, not at import time."""
+    """BUTTRESS_RETRY_* reach every policy through wrap(), also one decorated at import time."""
     before = transient()
+    assert (before.attempts_max, before.wait_min, before.wait_max) == (3, 0.5, 4.0)
     monkeypatch.setenv("BUTTRESS_RETRY_ATTEMPTS", "5")
     monkeypatch.setenv("BUTTRESS_RETRY_WAIT_MIN", "0.25")
     monkeypatch.setenv("BUTTRESS_RETRY_WAIT_MAX", "2")
-    after = transient()
-    assert (before.attempts_max, before.wait_min, before.wait_max) == (3, 0.5, 4.0)
-    assert (after.attempts_max, after.wait_min, after.wait_max) == (5, 0.25, 2.0)
+    assert before.attempts_max == 3  # transient() itself never reads the environment
+    buttress.wrap(build("raw"), configure_logging=False)
+    assert (before.attempts_max, before.wait_min, before.wait_max) == (5, 0.25, 2.0)
     flaky = Flaky(100)
     with pytest.raises(ConnectionError):
         policy(clock, registry)(flaky)()
@@ -412,13 +414,13 @@ def test_counter_is_registered_once_per_registry(registry: CollectorRegistry) ->
 
 def test_metrics_namespace_prefixes_the_counter(registry: CollectorRegistry) -> None:
     """BUTTRESS_METRICS_NAMESPACE prefixes retries_total like the HTTP metrics."""
-    settings = buttress.Settings.from_env({}, metrics_namespace="shop")
+    buttress.wrap(build("raw"), configure_logging=False, metrics_namespace="shop")
 
     def once() -> str:
         return str(flaky())
 
     flaky = Flaky(1)
-    transient(settings=settings, sleep=lambda s: None, registry=registry)(once)()
+    transient(sleep=lambda s: None, registry=registry)(once)()
     labels = {"function": f"{__name__}.{once.__qualname__}", "outcome": "recovered"}
     assert registry.get_sample_value("shop_retries_total", labels) == 1
 

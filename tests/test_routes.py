@@ -7,7 +7,7 @@ from typing import Any
 import httpx
 import pytest
 
-from buttress._asgi import RequestInfo
+from buttress._request import RequestRecord
 from buttress._routes import resolve_route
 from buttress.adapters import ROUTE_KEY, install_adapters
 from tests.apps import build, fastapi_nested_app, starlette_mounted_app
@@ -21,13 +21,13 @@ class Recorder:
         self.app = app
         self.with_info = with_info
         self.routes: list[str | None] = []
-        self.infos: list[RequestInfo] = []
+        self.infos: list[RequestRecord] = []
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        info = RequestInfo("rid", None, scope.get("root_path", "")) if self.with_info else None
+        info = RequestRecord("rid", None, scope.get("root_path", "")) if self.with_info else None
         try:
             await self.app(scope, receive, send)
         finally:
@@ -90,13 +90,13 @@ async def test_starlette_nested_mounts(root_path: str) -> None:
 
 
 async def test_without_info_the_root_path_is_part_of_the_template() -> None:
-    """Without a RequestInfo the resolver cannot tell the server's root path from a mount's."""
+    """Without a RequestRecord the resolver cannot tell the server's root path from a mount's."""
     routes = await _routes_of(starlette_mounted_app(), ["/m/n/5"], "/prefix", with_info=False)
     assert routes == ["/prefix/m/n/{id}"]
 
 
 async def test_answer_is_cached_on_the_request_info() -> None:
-    """The first resolution is kept on RequestInfo; later calls return it unchanged."""
+    """The first resolution is kept on RequestRecord; later calls return it unchanged."""
     recorder = Recorder(build("starlette"))
     transport = httpx.ASGITransport(app=recorder)
     async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:

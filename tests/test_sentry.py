@@ -31,7 +31,7 @@ def flushed(ingest: SentryIngest) -> list[dict[str, Any]]:
 
 def test_no_dsn_does_nothing() -> None:
     """Without SENTRY_DSN, init_sentry starts nothing and says so."""
-    assert buttress.init_sentry(buttress.Settings.from_env({})) is False
+    assert buttress.init_sentry() is False
     assert not sentry_sdk.get_client().is_active()
 
 
@@ -80,7 +80,7 @@ async def test_http_exception_reported_only_when_configured(
 async def test_mapped_exception_carries_detail(
     sentry_ingest: SentryIngest, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A mapped domain exception is reported with its mapped status and str(exc) as detail."""
+    """A mapped domain exception is reported with its mapped status and the client's detail."""
     monkeypatch.setenv("SENTRY_DSN", sentry_ingest.dsn)
     app = stack(build("starlette"), sentry_status_codes="409")
     async with client_for(app) as client:
@@ -88,8 +88,10 @@ async def test_mapped_exception_carries_detail(
     assert resp.status_code == 409
     events = flushed(sentry_ingest)
     assert len(events) == 1
-    assert events[0]["extra"]["http_exception_detail"] == "User 7 already exists"
+    assert events[0]["extra"]["http_exception_detail"] == "Conflict"
     assert events[0]["tags"]["http_status"] == 409
+    # The exception itself (type and message) is in the event for the developer.
+    assert events[0]["exception"]["values"][-1]["value"] == "User 7 already exists"
 
 
 async def test_authorization_and_cookie_never_leave(
@@ -122,8 +124,7 @@ async def test_user_before_send_runs_after_ours(
         event["tags"]["mine"] = "yes"
         return event
 
-    settings = buttress.Settings.from_env({})
-    assert buttress.init_sentry(settings, dsn=sentry_ingest.dsn, before_send=mine)
+    assert buttress.init_sentry(dsn=sentry_ingest.dsn, before_send=mine)
     async with client_for(stack(build("fastapi"))) as client:
         await client.get("/boom")
     events = flushed(sentry_ingest)

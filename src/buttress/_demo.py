@@ -95,8 +95,8 @@ def _number(raw: str | None, default: float) -> float:
 def demo_app(**overrides: Any) -> ASGIApp:
     """The demo service wrapped by ``buttress.wrap``; the environment wins over the defaults."""
     import buttress
+    from buttress._registry import make_registry
     from buttress.config import PREFIX
-    from buttress.metrics import make_registry
 
     defaults = {k: v for k, v in DEMO_DEFAULTS.items() if PREFIX + k.upper() not in os.environ}
     # One registry for the HTTP metrics and retries_total, so /metrics shows both.

@@ -18,7 +18,7 @@ frameworks that keep their template elsewhere (Django, Quart) put it in
 # - ``scope["route"]``: Starlette (and FastAPI without prefixes) sets the innermost
 #   matched route. Its template is relative to the app that matched it; each ``Mount``
 #   on the way grew ``scope["root_path"]``, so the growth since the request began (the
-#   original root path is kept on ``RequestInfo``) is the mount prefix. A server-level
+#   original root path is kept on ``RequestRecord``) is the mount prefix. A server-level
 #   ``--root-path`` is deployment, not routing, and is left out.
 # ``path_format`` (``/items/{item_id}``) is preferred over ``path``
 # (``/items/{item_id:int}``) so every framework agrees on one spelling.
@@ -28,8 +28,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from buttress._asgi import RequestInfo, Scope
-from buttress.adapters import ROUTE_KEY
+from buttress._asgi import Scope
+from buttress._request import ROUTE_KEY, RequestRecord
 
 __all__ = ["OTHER", "UNMATCHED", "resolve_route"]
 
@@ -46,7 +46,7 @@ def _route_path(route: Any) -> str | None:
     return path if isinstance(path, str) else None
 
 
-def _template(scope: Scope, info: RequestInfo | None) -> str | None:
+def _template(scope: Scope, info: RequestRecord | None) -> str | None:
     explicit = scope.get(ROUTE_KEY)
     if isinstance(explicit, str):
         root = info.root_path if info is not None else ""
@@ -82,7 +82,7 @@ def _template(scope: Scope, info: RequestInfo | None) -> str | None:
     return prefix + path
 
 
-def resolve_route(scope: Scope, info: RequestInfo | None = None) -> str | None:
+def resolve_route(scope: Scope, info: RequestRecord | None = None) -> str | None:
     """The route template of the request (``/items/{item_id}``), or None when unknown.
 
     The answer is cached on ``info`` so every layer of one request agrees and pays once;

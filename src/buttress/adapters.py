@@ -19,7 +19,11 @@ import re
 import weakref
 from typing import Any
 
+from buttress._request import EXCEPTION_KEY, ROUTE_KEY
+
 __all__ = [
+    "EXCEPTION_KEY",
+    "ROUTE_KEY",
     "DjangoMiddleware",
     "install_adapters",
     "install_litestar",
@@ -27,8 +31,6 @@ __all__ = [
     "install_starlette",
 ]
 
-ROUTE_KEY = "buttress.route"
-EXCEPTION_KEY = "buttress.exception"
 
 # Quart apps already hooked (idempotence without touching the app's attributes).
 _installed: weakref.WeakSet[Any] = weakref.WeakSet()

@@ -73,8 +73,9 @@ def _run(settings: Settings, target: str, host: str, port: int, workers: int, ro
 
     from buttress._serve import APP_ENV, load_target
     from buttress.logs import configure_logging
-    from buttress.metrics import prepare_multiprocess_dir
+    from buttress.metrics_endpoint import prepare_multiprocess_dir
     from buttress.ratelimit import warn_if_memory_with_workers
+    from buttress.stack import logging_options
 
     if workers < 1:
         print(f"buttress: --workers={workers} must be 1 or more", file=sys.stderr)
@@ -85,13 +86,17 @@ def _run(settings: Settings, target: str, host: str, port: int, workers: int, ro
         print(f"buttress: cannot load {target!r}: {exc}", file=sys.stderr)
         return 2
     if settings.configure_logging:
-        configure_logging(settings)
+        configure_logging(**logging_options(settings))
     try:
         prepare_multiprocess_dir(workers)
     except (OSError, ValueError) as exc:
         print(f"buttress: {exc}", file=sys.stderr)
         return 2
-    warn_if_memory_with_workers(settings, workers)
+    warn_if_memory_with_workers(
+        limited=bool(settings.rate_limit or settings.rate_limits),
+        storage=settings.rate_limit_storage,
+        workers=workers,
+    )
     os.environ[APP_ENV] = target
     uvicorn.run(
         "buttress._serve:create_app",

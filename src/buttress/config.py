@@ -31,6 +31,7 @@ PREFIX = "BUTTRESS_"
 #: ``BUTTRESS_*`` variables that are not settings: the CLI's hand-off and the test suite's Redis.
 NOT_SETTINGS = frozenset({"BUTTRESS_RUN_APP", "BUTTRESS_TEST_REDIS_URL"})
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+FORWARDED_HEADERS = ("x-forwarded-for", "forwarded", "x-real-ip")
 DEFAULT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -54,8 +55,10 @@ class _Invalid(ValueError):
 # --- parsers: str -> value, raising _Invalid with what is accepted ------------------------
 
 
-def _bool(raw: str) -> bool:
-    low = raw.strip().lower()
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    low = str(raw).strip().lower()
     if low in ("1", "true", "yes", "on"):
         return True
     if low in ("0", "false", "no", "off"):
@@ -64,7 +67,9 @@ def _bool(raw: str) -> bool:
 
 
 def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
-    def parse(raw: str) -> str:
+    def parse(raw: Any) -> str:
+        if not isinstance(raw, str):
+            raise _Invalid("expected one of " + ", ".join(choices))
         value = raw.strip().upper() if upper else raw.strip().lower()
         if value not in choices:
             raise _Invalid("expected one of " + ", ".join(choices))
@@ -76,17 +81,19 @@ def _choice(*choices: str, upper: bool = False) -> Callable[[str], str]:
 def _optional_choice(*choices: str) -> Callable[[str], str | None]:
     inner = _choice(*choices)
 
-    def parse(raw: str) -> str | None:
-        return inner(raw) if raw.strip() else None
+    def parse(raw: Any) -> str | None:
+        return inner(raw) if raw is not None and str(raw).strip() else None
 
     return parse
 
 
 def _int_range(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(raw: str) -> int:
+    def parse(raw: Any) -> int:
+        if isinstance(raw, (bool, float)):
+            raise _Invalid(f"expected a whole number from {lo} to {hi}")
         try:
-            value = int(raw.strip())
-        except ValueError:
+            value = int(raw.strip() if isinstance(raw, str) else raw)
+        except (TypeError, ValueError):
             raise _Invalid(f"expected a whole number from {lo} to {hi}") from None
         if not lo <= value <= hi:
             raise _Invalid(f"expected a whole number from {lo} to {hi}")
@@ -96,10 +103,12 @@ def _int_range(lo: int, hi: int) -> Callable[[str], int]:
 
 
 def _float_range(lo: float, hi: float, what: str = "a number") -> Callable[[str], float]:
-    def parse(raw: str) -> float:
+    def parse(raw: Any) -> float:
+        if isinstance(raw, bool):
+            raise _Invalid(f"expected {what} from {lo:g} to {hi:g}")
         try:
-            value = float(raw.strip())
-        except ValueError:
+            value = float(raw.strip() if isinstance(raw, str) else raw)
+        except (TypeError, ValueError):
             raise _Invalid(f"expected {what} from {lo:g} to {hi:g}") from None
         if not lo <= value <= hi or value != value:
             raise _Invalid(f"expected {what} from {lo:g} to {hi:g}")
@@ -108,19 +117,50 @@ def _float_range(lo: float, hi: float, what: str = "a number") -> Callable[[str]
     return parse
 
 
-def _str(raw: str) -> str:
-    return raw.strip()
+def _str(raw: Any) -> str:
+    return str(raw).strip()
 
 
-def _secret(raw: str) -> str | None:
-    return raw.strip() or None
+def _secret(raw: Any) -> str | None:
+    if raw is None:
+        return None
+    return str(raw).strip() or None
 
 
-def _csv(raw: str) -> tuple[str, ...]:
-    return tuple(part.strip() for part in raw.split(",") if part.strip())
+_METRIC_PREFIX = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
 
 
-def _paths(raw: str) -> tuple[str, ...]:
+def _namespace(raw: Any) -> str:
+    value = str(raw).strip()
+    if value and not _METRIC_PREFIX.fullmatch(value):
+        raise _Invalid(
+            "expected a metric name prefix: letters, digits and underscores, "
+            "not starting with a digit, like 'shop_api'"
+        )
+    return value
+
+
+def _token(raw: Any) -> str | None:
+    value = _secret(raw)
+    if value is not None:
+        try:
+            value.encode("latin-1")
+        except UnicodeEncodeError:
+            raise _Invalid(
+                "expected a token of latin-1 characters (it travels in a header)"
+            ) from None
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+            raise _Invalid("expected a token without spaces or control characters")
+    return value
+
+
+def _csv(raw: Any) -> tuple[str, ...]:
+    if isinstance(raw, str):
+        return tuple(part.strip() for part in raw.split(",") if part.strip())
+    return tuple(str(part).strip() for part in raw if str(part).strip())
+
+
+def _paths(raw: Any) -> tuple[str, ...]:
     paths = _csv(raw)
     for path in paths:
         if not path.startswith("/"):
@@ -128,8 +168,8 @@ def _paths(raw: str) -> tuple[str, ...]:
     return paths
 
 
-def _path_or_empty(raw: str) -> str:
-    path = raw.strip()
+def _path_or_empty(raw: Any) -> str:
+    path = str(raw).strip()
     if path and (not path.startswith("/") or any(c.isspace() for c in path)):
         raise _Invalid("expected a path starting with '/' (or empty to disable)")
     return path
@@ -138,16 +178,16 @@ def _path_or_empty(raw: str) -> str:
 _HEADER_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
-def _header_name(raw: str) -> str:
-    name = raw.strip()
+def _header_name(raw: Any) -> str:
+    name = str(raw).strip()
     if not _HEADER_TOKEN.fullmatch(name):
         raise _Invalid("expected an HTTP header name such as 'X-Request-ID'")
     return name
 
 
-def _networks(raw: str) -> tuple[IPNetwork, ...]:
+def _networks(raw: Any) -> tuple[IPNetwork, ...]:
     nets = []
-    for part in _csv(raw):
+    for part in _csv([raw] if isinstance(raw, IPNetwork) else raw):
         try:
             nets.append(ipaddress.ip_network(part, strict=False))
         except ValueError:
@@ -157,19 +197,27 @@ def _networks(raw: str) -> tuple[IPNetwork, ...]:
     return tuple(nets)
 
 
-def _buckets(raw: str) -> tuple[float, ...]:
+def _buckets(raw: Any) -> tuple[float, ...]:
     try:
         values = tuple(float(part) for part in _csv(raw))
-    except ValueError:
+    except (TypeError, ValueError):
         raise _Invalid("expected comma-separated seconds like '0.01,0.1,1,10'") from None
-    if not values or any(v <= 0 for v in values) or list(values) != sorted(set(values)):
+    if (
+        not values
+        or any(not 0 < v < float("inf") for v in values)  # NaN fails this too
+        or list(values) != sorted(set(values))
+    ):
         raise _Invalid("expected increasing positive seconds like '0.01,0.1,1,10'")
     return values
 
 
-def _status_codes(raw: str) -> frozenset[int]:
+def _status_codes(raw: Any) -> frozenset[int]:
     codes: set[int] = set()
     hint = "expected status codes and ranges like '500-599' or '409,500-599'"
+    if not isinstance(raw, str):
+        if not all(isinstance(c, int) and 100 <= c <= 599 for c in raw):
+            raise _Invalid(hint)
+        return frozenset(raw)
     for part in _csv(raw):
         lo_s, _, hi_s = part.partition("-")
         try:
@@ -183,7 +231,11 @@ def _status_codes(raw: str) -> frozenset[int]:
     return frozenset(codes)
 
 
-def _json_object(raw: str, hint: str) -> dict[str, Any]:
+def _json_object(raw: Any, hint: str) -> dict[Any, Any]:
+    if isinstance(raw, Mapping):
+        return dict(raw)
+    if not isinstance(raw, str):
+        raise _Invalid(f"expected a mapping or a JSON object, {hint}")
     if not raw.strip():
         return {}
     try:
@@ -195,13 +247,24 @@ def _json_object(raw: str, hint: str) -> dict[str, Any]:
     return value
 
 
-def _exception_map(raw: str) -> dict[type[BaseException], int]:
-    hint = """like '{"myapp.errors:UserAlreadyExists": 409}'"""
-    out: dict[type[BaseException], int] = {}
-    for path, status in _json_object(raw, hint).items():
-        if not isinstance(status, int) or not 400 <= status <= 599:
-            raise _Invalid(f"status for {path!r} must be a number from 400 to 599, {hint}")
-        out[_import_exception(path)] = status
+def _exception_map(raw: Any) -> dict[type[BaseException], Any]:
+    hint = """like '{"myapp.errors:UserAlreadyExists": 409}' or '{"myapp.errors:Gone": [410, "It is gone"]}'"""
+    out: dict[type[BaseException], Any] = {}
+    for path, value in _json_object(raw, hint).items():
+        name = path if isinstance(path, str) else getattr(path, "__name__", repr(path))
+        status = value[0] if isinstance(value, (list, tuple)) and len(value) == 2 else value
+        if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
+            raise _Invalid(
+                f"status for {name!r} must be a number from 400 to 599 "
+                f"(or [status, detail]), {hint}"
+            )
+        rule = (status, value[1]) if isinstance(value, (list, tuple)) else status
+        if isinstance(path, str):
+            out[_import_exception(path)] = rule
+        elif isinstance(path, type) and issubclass(path, BaseException):
+            out[path] = rule
+        else:
+            raise _Invalid(f"{path!r} is not an exception class, {hint}")
     return out
 
 
@@ -233,8 +296,8 @@ def _path_groups(raw: str) -> dict[str, str]:
     return groups
 
 
-def _rate_limit(raw: str) -> str:
-    value = raw.strip()
+def _rate_limit(raw: Any) -> str:
+    value = str(raw).strip()
     if value:
         _check_limit(value)
     return value
@@ -251,24 +314,37 @@ def _check_limit(value: str) -> None:
         ) from None
 
 
-def _rate_limits(raw: str) -> dict[str, str]:
+_METHOD = re.compile(r"[A-Z]+")
+_PATTERN = re.compile(r"/(?:[^{}\s]|\{[A-Za-z_][A-Za-z0-9_]*(?::[A-Za-z_]+)?\})*")
+
+
+def _rate_limits(raw: Any) -> dict[str, str]:
     hint = """like '{"POST /auth/login": "10/minute", "/reports/{id}": "30/minute"}'"""
     limits_map = _json_object(raw, hint)
+    out: dict[str, str] = {}
     for key, value in limits_map.items():
+        if not isinstance(key, str):
+            raise _Invalid(f"{key!r} is not 'METHOD /path' or '/path', {hint}")
         if not isinstance(value, str):
             raise _Invalid(f"limit for {key!r} must be a string, {hint}")
         _check_limit(value)
-        pattern = key.split(" ", 1)[-1]
-        if not pattern.startswith("/"):
+        method, _, pattern = key.strip().rpartition(" ")
+        method = method.strip()
+        if (method and not _METHOD.fullmatch(method.upper())) or not _PATTERN.fullmatch(pattern):
             raise _Invalid(f"{key!r} is not 'METHOD /path' or '/path', {hint}")
-    return limits_map
+        out[f"{method.upper()} {pattern}" if method else pattern] = value
+    return out
 
 
-def _rate_limit_key(raw: str) -> str:
-    value = raw.strip()
+def _rate_limit_key(raw: Any) -> Any:
+    if callable(raw):
+        return raw  # a (sync or async) callable of the scope, given in code
+    value = str(raw).strip()
     if value == "ip" or (value.startswith("header:") and _HEADER_TOKEN.fullmatch(value[7:])):
         return value
-    raise _Invalid("expected 'ip' or 'header:<Name>' such as 'header:X-API-Key'")
+    raise _Invalid(
+        "expected 'ip' or 'header:<Name>' such as 'header:X-API-Key' (or, in code, a callable)"
+    )
 
 
 _STORAGE_SCHEMES = (
@@ -282,8 +358,8 @@ _STORAGE_SCHEMES = (
 )
 
 
-def _storage(raw: str) -> str:
-    value = raw.strip()
+def _storage(raw: Any) -> str:
+    value = str(raw).strip()
     scheme = value.partition("://")[0]
     if "://" not in value or scheme not in _STORAGE_SCHEMES:
         raise _Invalid(
@@ -353,7 +429,14 @@ FIELDS: tuple[Field, ...] = (
         "trusted_proxies",
         _networks,
         "",
-        "Comma-separated IPs/CIDRs whose `Forwarded`/`X-Forwarded-For` is believed.",
+        "Comma-separated IPs/CIDRs of your proxies; only their forwarding header is believed.",
+    ),
+    Field(
+        "forwarded_header",
+        _choice(*FORWARDED_HEADERS),
+        "x-forwarded-for",
+        "The one header your trusted proxies write: `x-forwarded-for`, `forwarded` or "
+        "`x-real-ip`; any other is ignored.",
     ),
     # errors and Sentry
     Field(
@@ -396,12 +479,12 @@ FIELDS: tuple[Field, ...] = (
     ),
     Field(
         "metrics_token",
-        _secret,
+        _token,
         "",
         "When set, `/metrics` requires `Authorization: Bearer <token>`.",
         secret=True,
     ),
-    Field("metrics_namespace", _str, "", "Prefix for every metric name."),
+    Field("metrics_namespace", _namespace, "", "Prefix for every metric name."),
     Field(
         "metrics_buckets",
         _buckets,
@@ -435,6 +518,33 @@ FIELDS: tuple[Field, ...] = (
         """JSON object of `METHOD /pattern` or `/pattern` to limit.""",
     ),
     Field("rate_limit_key", _rate_limit_key, "ip", "`ip` or `header:<Name>` (falls back to ip)."),
+    Field(
+        "rate_limit_ip",
+        _rate_limit,
+        "",
+        "With a header key: a limit per client IP applied too, so random keys cannot "
+        "bypass limiting; empty means none.",
+    ),
+    Field(
+        "rate_limit_key_secret",
+        _secret,
+        "",
+        "Secret that keys the stored digest of header keys; set the same on every instance "
+        "(empty: random per process for `memory://`, unkeyed for shared storage).",
+        secret=True,
+    ),
+    Field(
+        "rate_limit_ipv6_prefix",
+        _int_range(32, 128),
+        "64",
+        "IPv6 clients are limited per network of this prefix length (one /64 is one client).",
+    ),
+    Field(
+        "rate_limit_max_keys",
+        _int_range(1_000, 100_000_000),
+        "200000",
+        "Most client keys `memory://` keeps; past it the oldest are evicted and counted.",
+    ),
     Field(
         "rate_limit_strategy",
         _choice("fixed-window", "moving-window", "sliding-window-counter"),
@@ -489,7 +599,14 @@ _BY_ENV = {f.env: f for f in FIELDS}
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every buttress setting; build it with ``Settings.from_env()``."""
+    """Every buttress setting; build it with ``Settings.from_env()``.
+
+    Only ``wrap()`` and the CLI build one: each layer takes its own keyword options, and
+    ``buttress.stack`` maps these settings onto them. Settings are not hashable (some
+    values are mappings); compare them with ``==``.
+    """
+
+    __hash__ = None  # type: ignore[assignment]
 
     env: Literal["production", "development"]
     log_level: str
@@ -499,7 +616,8 @@ class Settings:
     access_log_exclude: tuple[str, ...]
     request_id_header: str
     trusted_proxies: tuple[IPNetwork, ...]
-    exception_map: Mapping[type[BaseException], int]
+    forwarded_header: str
+    exception_map: Mapping[type[BaseException], Any]  # status, or (status, detail)
     error_body_limit: int
     error_format: Literal["detail", "problem"]
     sentry_status_codes: frozenset[int]
@@ -515,6 +633,10 @@ class Settings:
     rate_limit: str
     rate_limits: Mapping[str, str]
     rate_limit_key: Any  # "ip", "header:<Name>", or a (sync or async) callable of the scope
+    rate_limit_ip: str
+    rate_limit_key_secret: str | None = dataclasses.field(repr=False)
+    rate_limit_ipv6_prefix: int
+    rate_limit_max_keys: int
     rate_limit_strategy: str
     rate_limit_storage: str = dataclasses.field(repr=False)
     rate_limit_exempt: tuple[str, ...]
@@ -544,23 +666,22 @@ class Settings:
         for field in FIELDS:
             if field.name in overrides:
                 value = overrides[field.name]
-                if isinstance(value, str) and field.parse is not _str:
-                    try:
-                        value = field.parse(value)
-                    except _Invalid as exc:
-                        problems.append(f"{field.name}={value!r}: {exc}")
-                        continue
-                values[field.name] = value
+                try:
+                    values[field.name] = field.parse(value)
+                except _Invalid as exc:
+                    problems.append(f"{field.name}={_shown(field, value)}: {exc}")
                 continue
             raw = env.get(field.env)
             source = raw if raw is not None else field.default
             try:
                 values[field.name] = field.parse(source)
             except _Invalid as exc:
-                problems.append(f"{field.env}={source!r}: {exc}")
+                problems.append(f"{field.env}={_shown(field, source)}: {exc}")
         if problems:
             raise ConfigError(problems)
-        _derive(values)
+        _derive(values, problems, overrides)
+        if problems:
+            raise ConfigError(problems)
         return cls(**values)
 
     @property
@@ -602,17 +723,68 @@ def _qualname(key: object) -> str:
     return str(key)
 
 
+_CREDENTIAL_PARAM = re.compile(
+    r"(?i)(^|[?&;])([^=&;]*(?:pass|secret|token|key|auth)[^=&;]*)=[^&;#]*"
+)
+
+
+def mask_uri(value: str) -> str:
+    """``value`` with every credential masked: the user info and secret-looking parameters.
+
+    A storage URI keeps its scheme, host and path so the operator can see where it points:
+    ``redis://u:p@ss@h:6379/0?password=x`` is shown as ``redis://***@h:6379/0?password=***``.
+    """
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return "***"
+    authority, slash, tail = rest.partition("/")
+    query_at = authority.find("?")
+    if query_at >= 0:  # no path: the query follows the authority directly
+        authority, tail, slash = authority[:query_at], authority[query_at:] + slash + tail, ""
+    if "@" in authority:
+        authority = "***@" + authority.rpartition("@")[2]
+    tail = _CREDENTIAL_PARAM.sub(lambda m: f"{m.group(1)}{m.group(2)}=***", tail)
+    return f"{scheme}{sep}{authority}{slash}{tail}"
+
+
 def _mask(value: str) -> str:
-    # A storage URI keeps its scheme and host so the operator can see where it points.
-    match = re.match(r"^([a-z+]+://)(?:[^@/]*@)?(.*)$", value)
-    if match and "://" in value:
-        userinfo = "***@" if "@" in value.split("/")[2] else ""
-        return f"{match.group(1)}{userinfo}{match.group(2)}"
-    return "***"
+    return mask_uri(value) if "://" in value else "***"
 
 
-def _derive(values: dict[str, Any]) -> None:
-    """Fill the defaults that depend on other settings."""
+def _shown(field: Field, value: Any) -> str:
+    """How a bad value is quoted in a message: secrets masked."""
+    if field.secret and value:
+        return repr(_mask(str(value)))
+    return repr(value)
+
+
+def option(keyword: str, name: str, value: Any) -> Any:
+    """``value`` given to a layer as ``keyword``, checked by the parser of setting ``name``.
+
+    Layers take explicit keyword options; this validates them with the same parsers as
+    the ``BUTTRESS_*`` variables, and the ``ConfigError`` names the keyword, not a variable.
+    """
+    field = _BY_NAME[name]
+    try:
+        return field.parse(value)
+    except _Invalid as exc:
+        raise ConfigError([f"{keyword}={_shown(field, value)}: {exc}"]) from None
+
+
+def defaults() -> Settings:
+    """The settings as documented, without reading the environment (for layer defaults)."""
+    return Settings.from_env({})
+
+
+def _derive(values: dict[str, Any], problems: list[str], overrides: Mapping[str, Any]) -> None:
+    """Fill the defaults that depend on other settings; check settings against each other."""
+    if values["retry_wait_min"] > values["retry_wait_max"]:
+        lo = "retry_wait_min" if "retry_wait_min" in overrides else "BUTTRESS_RETRY_WAIT_MIN"
+        hi = "retry_wait_max" if "retry_wait_max" in overrides else "BUTTRESS_RETRY_WAIT_MAX"
+        problems.append(
+            f"{lo}={values['retry_wait_min']!r} is above {hi}={values['retry_wait_max']!r}: "
+            "expected the shortest wait to be at most the longest"
+        )
     metrics_path = values["metrics_path"]
     default_exempt = (metrics_path,) if metrics_path else ()
     if not values["access_log_exclude"]:

@@ -9,17 +9,18 @@ request served by the same task or connection.
 from __future__ import annotations
 
 import contextvars
-import ipaddress
 import os
 import re
 from collections.abc import Iterable, Sequence
 from contextvars import ContextVar
+from time import perf_counter as _perf_counter
 from typing import Any
 
 import structlog
 
-from buttress._asgi import INFO_KEY, ASGIApp, Headers, Message, Receive, RequestInfo, Scope, Send
-from buttress.config import IPNetwork, Settings
+from buttress._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
+from buttress._request import RECORD_KEY, RequestRecord, app_path, client_ip
+from buttress.config import IPNetwork, option
 
 __all__ = [
     "RequestContextMiddleware",
@@ -33,7 +34,7 @@ __all__ = [
 ]
 
 #: The record of the request being served in this context (one variable, one set/reset).
-_current: ContextVar[RequestInfo | None] = ContextVar("buttress_request", default=None)
+_current: ContextVar[RequestRecord | None] = ContextVar("buttress_request", default=None)
 
 _REQUEST_ID = re.compile(rb"[A-Za-z0-9._:\-]{1,128}")
 _TRACEPARENT = re.compile(rb"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
@@ -80,7 +81,9 @@ def _structlog_vars() -> dict[str, ContextVar[Any]]:
         return found
 
     found = contextvars.copy_context().run(find)
-    if len(found) != len(_BOUND_KEYS):  # pragma: no cover - a structlog that stores differently
+    if len(found) != len(_BOUND_KEYS):
+        # tests/test_context.py checks this against the installed structlog: an upgrade
+        # that stores context differently fails there, and here at start-up, never silently.
         raise RuntimeError("structlog.contextvars no longer keeps one ContextVar per key")
     return found
 
@@ -117,73 +120,6 @@ def parse_traceparent(raw: bytes | None) -> tuple[str, str] | None:
     return trace_id.decode("ascii"), span_id.decode("ascii")
 
 
-# --- client IP --------------------------------------------------------------------------
-
-
-def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    text = text.strip().strip('"')
-    if text.startswith("["):  # Forwarded: for="[2001:db8::1]:4711"
-        text = text[1:].partition("]")[0]
-    elif text.count(":") == 1:  # IPv4 with a port
-        text = text.partition(":")[0]
-    try:
-        return ipaddress.ip_address(text)
-    except ValueError:
-        return None
-
-
-def _forwarded_hops(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:
-    """The client addresses the proxies recorded, nearest hop last.
-
-    ``Forwarded`` (RFC 7239) wins over ``X-Forwarded-For`` when both are present, since a
-    proxy that writes the standard header is the more deliberate one.
-    """
-    forwarded: list[str] = []
-    xff: list[str] = []
-    for key, value in headers:
-        name = key.lower()
-        if name == b"forwarded":
-            for element in value.decode("latin-1").split(","):
-                for pair in element.split(";"):
-                    k, _, v = pair.strip().partition("=")
-                    if k.lower() == "for":
-                        forwarded.append(v)
-        elif name == b"x-forwarded-for":
-            xff.extend(value.decode("latin-1").split(","))
-    return forwarded or xff
-
-
-def client_ip(scope: Scope, trusted: Sequence[IPNetwork] = ()) -> str | None:
-    """The client's IP: the socket peer, or what trusted proxies say it was.
-
-    Forwarding headers are honoured only when the peer is in ``trusted``; the hops are
-    walked right to left, skipping trusted proxies, and the first untrusted address is
-    the client. A malformed hop stops the walk at the last address we could trust.
-    """
-    client = scope.get("client")
-    peer: str | None = client[0] if client else None
-    if not trusted or peer is None:
-        return peer
-    peer_ip = _parse_ip(peer)
-    if peer_ip is None or not _is_trusted(peer_ip, trusted):
-        return peer
-    current: str = peer
-    for hop in reversed(_forwarded_hops(scope.get("headers", ()))):
-        ip = _parse_ip(hop)
-        if ip is None:
-            break
-        current = str(ip)
-        if not _is_trusted(ip, trusted):
-            break
-    return current
-
-
-def _is_trusted(
-    ip: ipaddress.IPv4Address | ipaddress.IPv6Address, nets: Sequence[IPNetwork]
-) -> bool:
-    return any(ip in net for net in nets)
-
-
 # --- the middleware ---------------------------------------------------------------------
 
 
@@ -194,29 +130,36 @@ class RequestContextMiddleware:
     crash on. Exactly one access-log event is written per HTTP request, when it ends, also
     when the app raises or the client goes away. ``websocket`` scopes get the id and the
     bound context but no header rewriting or access log; ``lifespan`` passes through.
+
+    This is the outermost layer: it makes the request record (``buttress._request``) that
+    every inner layer reads, so the client IP, the path without the root path and the final
+    status are decided here once.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        settings: Settings | None = None,
-        request_id_header: str | None = None,
-        trusted_proxies: Sequence[IPNetwork] | None = None,
-        access_log: bool | None = None,
-        access_log_exclude: Iterable[str] | None = None,
+        request_id_header: str = "X-Request-ID",
+        trusted_proxies: Iterable[IPNetwork | str] | str = (),
+        forwarded_header: str = "x-forwarded-for",
+        access_log: bool = True,
+        access_log_exclude: Iterable[str] | str = ("/metrics",),
     ) -> None:
         from buttress.logs import AccessLogger
 
-        s = settings or Settings.from_env()
         self.app = app
-        header = request_id_header or s.request_id_header
+        header = option("request_id_header", "request_id_header", request_id_header)
         self._header = header.lower().encode("latin-1")
-        self._trusted = tuple(s.trusted_proxies if trusted_proxies is None else trusted_proxies)
-        enabled = s.access_log if access_log is None else access_log
-        exclude = s.access_log_exclude if access_log_exclude is None else tuple(access_log_exclude)
+        self._trusted: Sequence[IPNetwork] = option(
+            "trusted_proxies", "trusted_proxies", trusted_proxies
+        )
+        self._forwarded = option("forwarded_header", "forwarded_header", forwarded_header)
+        enabled = option("access_log", "access_log", access_log)
         self._access = AccessLogger() if enabled else None
-        self._exclude = frozenset(exclude)
+        self._exclude = frozenset(
+            option("access_log_exclude", "access_log_exclude", access_log_exclude)
+        )
         v = _structlog_vars()
         self._v_request_id, self._v_method, self._v_path = v["request_id"], v["method"], v["path"]
         self._v_client_ip, self._v_trace_id, self._v_span_id = (
@@ -230,8 +173,7 @@ class RequestContextMiddleware:
         if kind != "http" and kind != "websocket":
             await self.app(scope, receive, send)
             return
-        info: RequestInfo | None = scope.get(INFO_KEY)
-        if info is not None:  # an outer buttress context layer already did the work
+        if RECORD_KEY in scope:  # an outer buttress context layer already did the work
             await self.app(scope, receive, send)
             return
 
@@ -246,53 +188,38 @@ class RequestContextMiddleware:
         request_id = valid_request_id(incoming) if incoming is not None else None
         if request_id is None:
             request_id = new_request_id()
-        ip = client_ip(scope, self._trusted)
-        info = RequestInfo(request_id, ip, scope.get("root_path", ""))
-        scope[INFO_KEY] = info
-        path = scope.get("path", "")
+        ip = client_ip(scope, self._trusted, self._forwarded)
+        method = scope.get("method", "GET") if kind == "http" else "WEBSOCKET"
+        path = app_path(scope)
+        record = RequestRecord(request_id, ip, scope.get("root_path", ""), path, method)
+        scope[RECORD_KEY] = record
 
         trace = parse_traceparent(traceparent) if traceparent is not None else None
         t_request = self._v_request_id.set(request_id)
-        t_method = self._v_method.set(scope.get("method", "GET") if kind == "http" else "WEBSOCKET")
-        t_path = self._v_path.set(path)
+        t_method = self._v_method.set(method)
+        t_path = self._v_path.set(scope.get("path", ""))
         t_ip = self._v_client_ip.set(ip)
         t_trace = t_span = None
         if trace is not None:
-            info.trace_id = trace[0]
+            record.trace_id, record.span_id = trace
             t_trace = self._v_trace_id.set(trace[0])
             t_span = self._v_span_id.set(trace[1])
-        t_current = _current.set(info)
-        error: BaseException | None = None
+        t_current = _current.set(record)
         try:
             if kind == "websocket":
                 await self.app(scope, receive, send)
                 return
-            id_header = (self._header, request_id.encode("ascii"))
-            sent = 0
-
-            async def send_with_id(message: Message) -> None:
-                nonlocal sent
-                if message["type"] == "http.response.start":
-                    info.status = message["status"]
-                    message["headers"] = _with_header(message.get("headers"), id_header)
-                    try:
-                        await send(message)
-                    except OSError:
-                        info.status = 499  # the client left before the answer started
-                        raise
-                    return
-                if message["type"] == "http.response.body":
-                    sent = info.sent = sent + len(message.get("body", b""))
-                await send(message)
-
+            responder = _Responder(record, send, receive, (self._header, request_id.encode()))
+            error: BaseException | None = None
             try:
-                await self.app(scope, receive, send_with_id)
+                await self.app(scope, responder.receive, responder.send)
             except BaseException as exc:
                 error = exc
                 raise
             finally:
+                record.final_status(error)
                 if self._access is not None and path not in self._exclude:
-                    self._access.log(scope, info, sent, error)
+                    self._access.log(scope, record, error)
         finally:
             _current.reset(t_current)
             if t_span is not None and t_trace is not None:
@@ -302,6 +229,50 @@ class RequestContextMiddleware:
             self._v_path.reset(t_path)
             self._v_method.reset(t_method)
             self._v_request_id.reset(t_request)
+
+
+class _Responder:
+    """One request's ``send`` and ``receive``: the id header, and the record's facts.
+
+    Records the status the client got (499 when the response start could not be sent
+    because the client left), the body bytes, when the last body byte went out (so a
+    background task after the response does not count as the request's duration) and
+    whether the client disconnected.
+    """
+
+    __slots__ = ("_id_header", "_receive", "_send", "record")
+
+    def __init__(
+        self, record: RequestRecord, send: Send, receive: Receive, id_header: tuple[bytes, bytes]
+    ) -> None:
+        self.record = record
+        self._send = send
+        self._receive = receive
+        self._id_header = id_header
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        record = self.record
+        if kind == "http.response.body":
+            record.sent += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                record.end = _perf_counter()
+        elif kind == "http.response.start":
+            record.status = message["status"]
+            message["headers"] = _with_header(message.get("headers"), self._id_header)
+            try:
+                await self._send(message)
+            except OSError:
+                record.status = 499  # the client left before the answer started
+                raise
+            return
+        await self._send(message)
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        if message["type"] == "http.disconnect":
+            self.record.disconnected = True
+        return message
 
 
 def _with_header(

@@ -31,32 +31,27 @@ unhandled ones once and reports them to Sentry once.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
 import structlog
-from starlette.exceptions import HTTPException
 
-from buttress._asgi import (
-    ASGIApp,
-    Headers,
-    Message,
-    Receive,
-    Scope,
-    Send,
-    reason,
+from buttress._asgi import ASGIApp, Headers, Message, Receive, Scope, Send, reason
+from buttress._exceptions import (
+    INTERNAL_ERROR_DETAIL,
+    ExceptionMap,
+    exception_status,
+    normalize_map,
 )
-from buttress.adapters import EXCEPTION_KEY
-from buttress.config import Settings
+from buttress._request import EXCEPTION_KEY, app_path
+from buttress.config import option
 from buttress.logs import LogThrottle, mark_logged
 
 if TYPE_CHECKING:
     from buttress.sentry import RequestScopes
 
 __all__ = ["INTERNAL_ERROR_DETAIL", "ErrorMiddleware", "exception_status"]
-
-INTERNAL_ERROR_DETAIL = "Internal server error"
 
 _JSON = b"application/json"
 _PROBLEM = b"application/problem+json"
@@ -71,65 +66,34 @@ _HOLD = 1  # holding an error response until its body is complete
 _DONE = 2  # the error response is complete: sent (4xx) or kept until the app returns (5xx)
 
 
-def exception_status(
-    exc: BaseException, exception_map: Mapping[type[BaseException], int]
-) -> tuple[int, Any, Headers] | None:
-    """``(status, detail, headers)`` for an HTTP or mapped exception, None for any other.
-
-    Starlette's ``HTTPException`` (FastAPI's is a subclass) answers with its own status,
-    detail and headers; a mapped exception (its class or any base class in the map) with
-    the mapped status and ``str(exc)``, or the reason phrase when that is empty.
-    """
-    if isinstance(exc, HTTPException):
-        headers = [
-            (k.lower().encode("latin-1"), v.encode("latin-1"))
-            for k, v in (exc.headers or {}).items()
-        ]
-        return exc.status_code, exc.detail, headers
-    for klass in type(exc).__mro__:
-        status = exception_map.get(klass)
-        if status is not None:
-            return status, str(exc) or reason(status), []
-    return None
-
-
 class ErrorMiddleware:
     """Answers every error as ``{"detail": ...}``; logs and reports unhandled exceptions once.
 
-    ``exception_map`` ({ExceptionClass: status}) is merged over ``settings.exception_map``;
-    subclasses match. ``error_format`` is ``"detail"`` or ``"problem"`` (RFC 9457);
-    ``body_limit`` is the largest error body (bytes) held to be normalized. ``websocket``
-    and ``lifespan`` scopes pass through untouched.
+    ``exception_map`` maps exception classes (subclasses match) to a status, or to
+    ``(status, detail)`` where detail is text or a callable of the exception; a bare status
+    answers with its reason phrase, never ``str(exc)`` (see ``buttress._exceptions``).
+    ``error_format`` is ``"detail"`` or ``"problem"`` (RFC 9457); ``body_limit`` is the
+    largest error body (bytes) held to be normalized; ``report_statuses`` are the statuses
+    reported to Sentry. ``websocket`` and ``lifespan`` scopes pass through untouched.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        settings: Settings | None = None,
-        exception_map: Mapping[type[BaseException], int] | None = None,
-        error_format: str | None = None,
-        body_limit: int | None = None,
+        exception_map: ExceptionMap | str | None = None,
+        error_format: str = "detail",
+        body_limit: int = 65536,
+        report_statuses: Iterable[int] | str = range(500, 600),
     ) -> None:
-        s = settings or Settings.from_env()
         self.app = app
-        merged = dict(s.exception_map)
-        merged.update(exception_map or {})
-        for klass, status in merged.items():
-            if not (isinstance(klass, type) and issubclass(klass, BaseException)):
-                raise TypeError(f"exception_map key {klass!r} is not an exception class")
-            if not isinstance(status, int) or not 400 <= status <= 599:
-                raise ValueError(
-                    f"exception_map[{klass.__name__}]={status!r} is not a status from 400 to 599"
-                )
-        self.exception_map: Mapping[type[BaseException], int] = merged
-        fmt = error_format or s.error_format
-        if fmt not in ("detail", "problem"):
-            raise ValueError(f"error_format={fmt!r} is neither 'detail' nor 'problem'")
+        parsed = option("exception_map", "exception_map", exception_map or {})
+        self.exception_map = normalize_map(parsed)
+        fmt = option("error_format", "error_format", error_format)
         self._problem = fmt == "problem"
         self._content_type = _PROBLEM if self._problem else _JSON
-        self._limit = s.error_body_limit if body_limit is None else body_limit
-        self._report_statuses = s.sentry_status_codes
+        self._limit: int = option("body_limit", "error_body_limit", body_limit)
+        self._report_statuses = option("report_statuses", "sentry_status_codes", report_statuses)
         self._log = structlog.get_logger("buttress.errors")
         self._too_big = LogThrottle(60.0)
         # Sentry transactions only when the app turned tracing on (init_sentry runs first).
@@ -160,93 +124,24 @@ class ErrorMiddleware:
             await self._handle(scope, receive, send)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
-
-        mode = _PASS
-        started = False  # a response start reached the client
-        held_start: Message | None = None
-        held: list[bytes] = []
-        held_size = 0
-        pending: tuple[Message, Message] | None = None  # a complete 5xx, sent on return
-        gone: OSError | None = None  # what the server's send raised, if it did
-
-        async def send_wrapper(message: Message) -> None:
-            nonlocal mode, started, held_start, held_size, pending, gone
-            try:
-                if mode == _PASS:
-                    if message["type"] == "http.response.start":
-                        status = message["status"]
-                        if status >= 400 and not message.get("trailers"):
-                            length = _content_length(message.get("headers"))
-                            if length is None or length <= self._limit:
-                                mode = _HOLD
-                                held_start = message
-                                return
-                            self._warn_too_big(scope, status, length)
-                        started = True
-                    await send(message)
-                    return
-                if mode == _HOLD and message["type"] == "http.response.body":
-                    assert held_start is not None
-                    body = message.get("body", b"")
-                    held.append(body)
-                    held_size += len(body)
-                    if message.get("more_body", False):
-                        if held_size > self._limit:
-                            self._warn_too_big(scope, held_start["status"], held_size)
-                            mode = _PASS
-                            started = True
-                            await send(held_start)
-                            await send({**message, "body": b"".join(held)})
-                        return
-                    mode = _DONE
-                    response = self._normalize(scope, held_start, b"".join(held))
-                    swallowed = scope.get(EXCEPTION_KEY)
-                    if held_start["status"] < 500:
-                        started = True
-                        if isinstance(swallowed, Exception):  # an HTTP exception it answered
-                            self._report_answered(scope, swallowed, held_start["status"])
-                        await send(response[0])
-                        await send(response[1])
-                        return
-                    if isinstance(swallowed, Exception):
-                        started = True
-                        await self._answer_exception(scope, send, swallowed)
-                        return
-                    pending = response
-                    return
-                if mode == _HOLD:  # pathsend, zero-copy and the like: not ours to hold
-                    assert held_start is not None
-                    mode = _PASS
-                    started = True
-                    await send(held_start)
-                await send(message)
-            except OSError as exc:
-                gone = exc  # the server could not deliver it: the client went away
-                raise
-
+        responder = _Responder(self, scope, send)
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, receive, responder.send)
         except Exception as exc:
-            if gone is not None:
+            if responder.gone is not None:
                 # The client went away (the app may have turned the OSError into its own
                 # exception, like Starlette's ClientDisconnect). Not a server error: no
                 # traceback, no Sentry event, no 500 to nobody; the server gets it back.
-                self._log_gone(gone)
+                self._log_gone(responder.gone)
                 mark_logged(exc)
                 raise
-            if started:
+            if responder.started:
                 self._log_exception(exc, started=True)
                 self._report(scope, exc, 500, None)
                 raise
             await self._answer_exception(scope, send, exc)
             return
-        if pending is not None:
-            await send(pending[0])
-            await send(pending[1])
-        elif mode == _HOLD and held_start is not None:
-            # The app returned mid-body: send what it sent rather than nothing.
-            await send(held_start)
-            await send({"type": "http.response.body", "body": b"".join(held)})
+        await responder.finish()
 
     # --- exceptions ---------------------------------------------------------------------
 
@@ -346,11 +241,16 @@ class ErrorMiddleware:
                 "title": reason(status),
                 "status": status,
                 "detail": detail,
-                "instance": scope.get("root_path", "") + scope.get("path", ""),
+                "instance": scope.get("root_path", "") + app_path(scope),
             }
         else:
             payload = {"detail": detail}
-        body = orjson.dumps(payload)
+        try:
+            body = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
+        except (TypeError, orjson.JSONEncodeError):
+            # A detail that is not JSON (an object, bytes, a set): the contract still holds.
+            payload["detail"] = _jsonable(detail, reason(status))
+            body = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS, default=str)
         out: Headers = [
             (b"content-type", self._content_type),
             (b"content-length", str(len(body)).encode("ascii")),
@@ -369,9 +269,116 @@ class ErrorMiddleware:
                 status=status,
                 size=size,
                 limit=self._limit,
-                path=scope.get("path"),
+                path=app_path(scope),
                 suppressed=suppressed,
             )
+
+
+class _Responder:
+    """The error layer's view of one response (state of one request, never on the layer).
+
+    # Strategy: only error responses are held. A 1xx-3xx response start is forwarded at
+    # once and its body flows chunk by chunk. A 4xx/5xx is held until its body is complete
+    # (up to ``body_limit``; past it, the held part is flushed and the rest flows), then
+    # normalized. A complete 4xx is sent at once; a complete 5xx waits for the app to
+    # return (see the module docstring), unless the framework handed over the exception.
+    """
+
+    __slots__ = (
+        "_send",
+        "gone",
+        "held",
+        "held_size",
+        "layer",
+        "mode",
+        "pending",
+        "scope",
+        "start",
+        "started",
+    )
+
+    def __init__(self, layer: ErrorMiddleware, scope: Scope, send: Send) -> None:
+        self.layer = layer
+        self.scope = scope
+        self._send = send
+        self.mode = _PASS
+        self.started = False  # a response start reached the client
+        self.start: Message | None = None  # the held error response start
+        self.held: list[bytes] = []
+        self.held_size = 0
+        self.pending: tuple[Message, Message] | None = None  # a complete 5xx, sent on return
+        self.gone: OSError | None = None  # what the server's send raised, if it did
+
+    async def send(self, message: Message) -> None:
+        try:
+            if self.mode == _PASS:
+                await self._pass(message)
+            elif self.mode == _HOLD and message["type"] == "http.response.body":
+                await self._hold(message)
+            else:
+                if self.mode == _HOLD:  # pathsend, zero-copy and the like: not ours to hold
+                    assert self.start is not None
+                    self.mode = _PASS
+                    self.started = True
+                    await self._send(self.start)
+                await self._send(message)
+        except OSError as exc:
+            self.gone = exc  # the server could not deliver it: the client went away
+            raise
+
+    async def _pass(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            status = message["status"]
+            if status >= 400 and not message.get("trailers"):
+                length = _content_length(message.get("headers"))
+                if length is None or length <= self.layer._limit:
+                    self.mode = _HOLD
+                    self.start = message
+                    return
+                self.layer._warn_too_big(self.scope, status, length)
+            self.started = True
+        await self._send(message)
+
+    async def _hold(self, message: Message) -> None:
+        start = self.start
+        assert start is not None
+        layer = self.layer
+        body = message.get("body", b"")
+        self.held.append(body)
+        self.held_size += len(body)
+        if message.get("more_body", False):
+            if self.held_size > layer._limit:
+                layer._warn_too_big(self.scope, start["status"], self.held_size)
+                self.mode = _PASS
+                self.started = True
+                await self._send(start)
+                await self._send({**message, "body": b"".join(self.held)})
+            return
+        self.mode = _DONE
+        response = layer._normalize(self.scope, start, b"".join(self.held))
+        swallowed = self.scope.get(EXCEPTION_KEY)
+        if start["status"] < 500:
+            self.started = True
+            if isinstance(swallowed, Exception):  # an HTTP exception it answered
+                layer._report_answered(self.scope, swallowed, start["status"])
+            await self._send(response[0])
+            await self._send(response[1])
+            return
+        if isinstance(swallowed, Exception):
+            self.started = True
+            await layer._answer_exception(self.scope, self._send, swallowed)
+            return
+        self.pending = response
+
+    async def finish(self) -> None:
+        """The app returned: send a held 5xx, or what a half-sent error response had."""
+        if self.pending is not None:
+            await self._send(self.pending[0])
+            await self._send(self.pending[1])
+        elif self.mode == _HOLD and self.start is not None:
+            # The app returned mid-body: send what it sent rather than nothing.
+            await self._send(self.start)
+            await self._send({"type": "http.response.body", "body": b"".join(self.held)})
 
 
 def _sentry_active() -> bool:
@@ -384,6 +391,15 @@ def _sentry_tracing() -> bool:
     from buttress.sentry import tracing_enabled
 
     return tracing_enabled()
+
+
+def _jsonable(detail: Any, fallback: str) -> Any:
+    """A detail orjson refused, as JSON: text kept as text, anything else as its reason."""
+    if isinstance(detail, bytes):
+        return detail.decode("utf-8", "replace")
+    if isinstance(detail, (set, frozenset, tuple)):
+        return [str(item) for item in detail]
+    return fallback
 
 
 def _content_length(headers: Iterable[tuple[bytes, bytes]] | None) -> int | None:

@@ -71,11 +71,36 @@ def document_errors(app: Any) -> Any:
 def rate_limit(limit: str) -> Any:
     """A route dependency enforcing ``limit`` (``"10/minute"``) on top of the middleware.
 
-    It shares the stack's ``RateLimitMiddleware``: the same storage, strategy, key, allow
-    list, counters and 429 contract (``Retry-After``, ``RateLimit-*``)::
+    It shares the stack's ``RateLimitMiddleware`` (through ``RateLimitMiddleware.check``):
+    the same storage, strategy, key, allow list, counters and 429 contract
+    (``Retry-After``, ``RateLimit-*``), counted per method and route template apart from
+    the middleware's own limits::
 
         @app.post("/login", dependencies=[Depends(rate_limit("10/minute"))])
     """
-    from buttress.ratelimit import fastapi_dependency
+    from starlette.exceptions import HTTPException
+    from starlette.requests import Request
 
-    return fastapi_dependency(limit)
+    from buttress._request import RATELIMIT_KEY, record_of
+    from buttress._routes import UNMATCHED, resolve_route
+    from buttress.ratelimit_rules import parse_limits
+
+    limits = parse_limits(limit, "rate_limit")  # validated at declaration, not per request
+
+    async def dependency(request: Request) -> None:
+        scope = request.scope
+        middleware = scope.get(RATELIMIT_KEY)
+        if middleware is None:
+            raise RuntimeError(
+                "buttress.fastapi.rate_limit() needs RateLimitMiddleware around the app; "
+                "use buttress.wrap(app) or add RateLimitMiddleware(app, ...) yourself."
+            )
+        route = resolve_route(scope, record_of(scope)) or UNMATCHED
+        name = f"dep {request.method} {route}"
+        rejection = await middleware.check(scope, limits, name, route=route)
+        if rejection is not None:
+            raise HTTPException(rejection.status, rejection.detail, headers=rejection.headers)
+
+    # Resolved here: FastAPI cannot see this function's local import of ``Request``.
+    dependency.__annotations__ = {"request": Request, "return": None}
+    return dependency

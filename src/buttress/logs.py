@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import contextvars
 import datetime
@@ -28,8 +27,9 @@ from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
-from buttress._asgi import RequestInfo, Scope
-from buttress.config import Settings
+from buttress._asgi import Scope
+from buttress._request import RequestRecord
+from buttress.config import option
 
 __all__ = ["AccessLogger", "LogThrottle", "configure_logging"]
 
@@ -102,35 +102,42 @@ def _shared_processors() -> list[Processor]:
     ]
 
 
-def _renderer_chain(settings: Settings) -> list[Processor]:
-    if settings.effective_log_format == "json":
+def _renderer_chain(log_format: str, show_locals: bool) -> list[Processor]:
+    if log_format == "json":
         # Locals never reach a JSON log: production output is shipped and kept.
         dict_tb = ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
         return [dict_tb, structlog.processors.JSONRenderer(serializer=_dumps)]
-    formatter = RichTracebackFormatter(
-        show_locals=settings.development, width=120, color_system="truecolor"
-    )
+    formatter = RichTracebackFormatter(show_locals=show_locals, width=120, color_system="truecolor")
     return [
         _escape_controls,
         ConsoleRenderer(colors=True, exception_formatter=formatter),
     ]
 
 
-def configure_logging(settings: Settings | None = None, *, stream: TextIO | None = None) -> None:
+def configure_logging(
+    *,
+    level: str = "INFO",
+    log_format: str = "json",
+    show_locals: bool = False,
+    stream: TextIO | None = None,
+) -> None:
     """Send structlog and standard-library logging to ``stream`` (stdout) in one format.
 
-    JSON lines in production, a coloured console with rich tracebacks in development.
-    Calling it again replaces the previous set-up; it never adds a second handler.
+    ``log_format`` is ``"json"`` (one JSON object per line, for production) or
+    ``"console"`` (coloured, with rich tracebacks; ``show_locals`` adds their local
+    variables, for development only: locals never reach JSON output). Calling it again
+    replaces the previous set-up; it never adds a second handler.
     """
-    s = settings or Settings.from_env()
+    level_name = option("level", "log_level", level)
+    log_format = option("log_format", "log_format", log_format) or "json"
     out = stream if stream is not None else sys.stdout
-    level = getattr(logging, s.log_level)
+    level_no = getattr(logging, level_name)
     shared = _shared_processors()
-    render = _renderer_chain(s)
+    render = _renderer_chain(log_format, show_locals)
     structlog.configure(
         processors=[*shared, *render],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=_LoggerFactory(out, s.effective_log_format == "json", level),
+        wrapper_class=structlog.make_filtering_bound_logger(level_no),
+        logger_factory=_LoggerFactory(out, log_format == "json", level_no),
         context_class=dict,
         cache_logger_on_first_use=False,
     )
@@ -145,7 +152,7 @@ def configure_logging(settings: Settings | None = None, *, stream: TextIO | None
     for old in [h for h in root.handlers if getattr(h, _HANDLER_MARK, False)]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(level_no)
     # uvicorn installs its own handlers; route its records through ours instead, and
     # silence its access log: buttress writes one access line per request itself.
     for name in ("uvicorn", "uvicorn.error"):
@@ -203,24 +210,21 @@ class AccessLogger:
         if isinstance(factory, _LoggerFactory) and factory.json_format:
             self._direct = _DirectWriter(factory._file, factory.level)
 
-    def log(self, scope: Scope, info: RequestInfo, sent: int, error: BaseException | None) -> None:
-        status = info.status
-        if status == 0:
-            # No response started: the server answers 500, or nobody hears (a client that
-            # went away cancels the task); 499 is the customary code for the latter.
-            status = 499 if isinstance(error, asyncio.CancelledError) else 500
+    def log(self, scope: Scope, record: RequestRecord, error: BaseException | None) -> None:
+        """Write the access event of a finished request (its status decided on the record)."""
+        status = record.final_status(error)
         user_agent = None
         for key, value in scope.get("headers") or ():
             if key == b"user-agent":
                 user_agent = value[:_USER_AGENT_MAX].decode("latin-1")
                 break
         event = {
-            "route": self._resolve(scope, info),
+            "route": self._resolve(scope, record),
             "status": status,
             # microseconds, as milliseconds with 3 decimals (4x cheaper than round(x, 3))
-            "duration_ms": int((time.perf_counter() - info.start) * 1_000_000.0 + 0.5) / 1000,
+            "duration_ms": int(record.duration() * 1_000_000.0 + 0.5) / 1000,
             "user_agent": user_agent,
-            "response_bytes": sent,
+            "response_bytes": record.sent,
         }
         if self._direct is not None:
             self._direct.write(event, status)

@@ -22,12 +22,13 @@
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from buttress._asgi import INFO_KEY, ASGIApp, Receive, RequestInfo, Scope, Send
-from buttress.config import Settings
+from buttress._asgi import ASGIApp, Receive, Scope, Send
+from buttress._exceptions import ExceptionMap, exception_status, normalize_map
+from buttress._request import RequestRecord, app_path, record_of
+from buttress.config import option
 
 __all__ = ["BeforeSend", "init_sentry", "report_exception"]
 
@@ -41,9 +42,18 @@ Hint = dict[str, Any]
 BeforeSendFn = Callable[[Event, Hint], "Event | None"]
 
 
-def init_sentry(settings: Settings | None = None, **options: Any) -> bool:
-    """Start Sentry when ``SENTRY_DSN`` (or ``dsn=``) is set; True when Sentry is reporting.
+def init_sentry(
+    *,
+    dsn: str | None = None,
+    status_codes: Any = range(500, 600),
+    exception_map: ExceptionMap | None = None,
+    traces_sample_rate: float = 0.0,
+    **options: Any,
+) -> bool:
+    """Start Sentry when ``dsn`` is given (``wrap()`` passes ``SENTRY_DSN``); True when reporting.
 
+    ``status_codes`` are the statuses reported (``BUTTRESS_SENTRY_STATUS_CODES``);
+    ``exception_map`` describes exceptions others capture, as the error layer answers them.
     ``SENTRY_ENVIRONMENT`` and ``SENTRY_RELEASE`` are read by sentry-sdk itself. Other
     ``options`` go to ``sentry_sdk.init``; a ``before_send`` given here runs after ours.
     When the app already initialised Sentry itself (and no DSN is given here), its client
@@ -51,17 +61,17 @@ def init_sentry(settings: Settings | None = None, **options: Any) -> bool:
     """
     import sentry_sdk
 
-    s = settings or Settings.from_env()
-    dsn = options.pop("dsn", None) or os.environ.get("SENTRY_DSN")
+    statuses = option("status_codes", "sentry_status_codes", status_codes)
+    mapping = normalize_map(option("exception_map", "exception_map", exception_map or {}))
+    rate = option("traces_sample_rate", "sentry_traces_sample_rate", traces_sample_rate)
     client = sentry_sdk.get_client()
     current = client.options.get("before_send") if client.is_active() else None
     if client.is_active() and not isinstance(current, BeforeSend):
         # The app set Sentry up itself: keep its client, put our gate in front of its own.
-        client.options["before_send"] = BeforeSend(s, current)
+        client.options["before_send"] = BeforeSend(statuses, mapping, current)
         return True
     if not dsn:
         return client.is_active()
-    rate = s.sentry_traces_sample_rate
     kwargs: dict[str, Any] = {
         # send_default_pii is left unset (false): setting it is deprecated in sentry-sdk 2.75,
         # and passing data_collection instead would switch off its EventScrubber.
@@ -71,7 +81,7 @@ def init_sentry(settings: Settings | None = None, **options: Any) -> bool:
     }
     user_before_send = options.pop("before_send", None)
     kwargs.update(options)
-    kwargs["before_send"] = BeforeSend(s, user_before_send)
+    kwargs["before_send"] = BeforeSend(statuses, mapping, user_before_send)
     sentry_sdk.init(**kwargs)
     return True
 
@@ -88,13 +98,15 @@ def tracing_enabled() -> bool:
 class BeforeSend:
     """Sentry's ``before_send``: tags, HTTP details, once-only and scrubbing, then the user's."""
 
-    def __init__(self, settings: Settings, user: BeforeSendFn | None = None) -> None:
+    def __init__(
+        self,
+        statuses: Any,
+        exception_map: Mapping[type, tuple[int, Any]],
+        user: BeforeSendFn | None = None,
+    ) -> None:
         self.user = user
-        self.configure(settings)
-
-    def configure(self, settings: Settings) -> None:
-        self.exception_map: Mapping[type[BaseException], int] = dict(settings.exception_map)
-        self.statuses = settings.sentry_status_codes
+        self.exception_map = exception_map
+        self.statuses = frozenset(statuses)
 
     def __call__(self, event: Event, hint: Hint) -> Event | None:
         from buttress.context import get_request_id, get_trace_id
@@ -124,7 +136,6 @@ class BeforeSend:
     def _describe(self, event: Event, tags: dict[str, Any], exc: BaseException) -> bool:
         """Add the HTTP status and detail of an exception someone else captured."""
         from buttress.context import get_request_id
-        from buttress.errors import exception_status
 
         known = exception_status(exc, self.exception_map)
         if known is None:
@@ -168,7 +179,7 @@ def report_exception(exc: BaseException, scope: Scope, status: int, detail: Any)
     client = sentry_sdk.get_client()
     if not client.is_active():
         return
-    info: RequestInfo | None = scope.get(INFO_KEY)
+    info = record_of(scope)
     route = resolve_route(scope, info)
     event, hint = event_from_exception(
         exc, client_options=client.options, mechanism={"type": "buttress", "handled": False}
@@ -203,7 +214,7 @@ def _request_data(scope: Scope) -> dict[str, Any]:
     server = scope.get("server")
     if not host and server:
         host = f"{server[0]}:{server[1]}"
-    path = scope.get("root_path", "") + scope.get("path", "")
+    path = scope.get("root_path", "") + app_path(scope)
     return {
         "method": scope.get("method"),
         "url": f"{scope.get('scheme', 'http')}://{host}{path}",
@@ -312,8 +323,10 @@ class RequestScopes:
     # isolation scope and must not reach another request's event. ``isolation_scope()``
     # forks both the current and the isolation scope through a generator context manager
     # (about 4x the cost); forking just the isolation scope into its ContextVar is what
-    # isolates that data. Everything is looked up once here, not per request; if sentry-sdk
-    # ever keeps the scope elsewhere, the public context manager is used instead.
+    # isolates that data. The ContextVar is sentry-sdk's private ``_isolation_scope``:
+    # tests/test_sentry.py checks that tags and breadcrumbs stay per request with the
+    # installed sentry-sdk, and this constructor refuses to start if the variable moved,
+    # so an upgrade that changes it fails loudly, never silently.
     """
 
     def __init__(self) -> None:
@@ -322,23 +335,19 @@ class RequestScopes:
         from sentry_sdk import scope as sentry_scope
 
         var = getattr(sentry_scope, "_isolation_scope", None)
-        self._var: ContextVar[Any] | None = var if isinstance(var, ContextVar) else None
+        if not isinstance(var, ContextVar):
+            raise RuntimeError(
+                "sentry_sdk.scope._isolation_scope is no longer a ContextVar; this "
+                "sentry-sdk version needs a buttress update (per-request Sentry scopes)."
+            )
+        self._var: ContextVar[Any] = var
         self._current = sentry_scope.Scope.get_isolation_scope
 
     def enter(self) -> Any:
-        if self._var is None:
-            import sentry_sdk
-
-            manager = sentry_sdk.isolation_scope()
-            manager.__enter__()
-            return manager
         return self._var.set(self._current().fork())
 
     def leave(self, token: Any) -> None:
-        if self._var is None:
-            token.__exit__(None, None, None)
-        else:
-            self._var.reset(token)
+        self._var.reset(token)
 
 
 async def run_traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
@@ -352,7 +361,7 @@ async def run_traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -
         for k, v in scope.get("headers") or ()
         if k in (b"sentry-trace", b"baggage", b"traceparent")
     }
-    info: RequestInfo | None = scope.get(INFO_KEY)
+    info: RequestRecord | None = record_of(scope)
     status = 0
 
     async def send_status(message: Any) -> None:

@@ -2,41 +2,137 @@
 
 Outermost first:
 
-1. ``RequestContextMiddleware``: the request id, bound log context and the access log. It
-   is outside everything so that every request, including the ones an inner layer rejects
-   (429) or crashes on (500), carries the id and is logged once with its final status.
+1. ``RequestContextMiddleware``: the request id, bound log context, the request record and
+   the access log. It is outside everything so that every request, including the ones an
+   inner layer rejects (429) or crashes on (500), carries the id and is logged once with
+   its final status.
 2. ``MetricsMiddleware``: serves ``/metrics`` and counts the final status the client got,
    so the 500 from the error layer and the 429 from the rate limiter are both counted.
 3. ``ErrorMiddleware``: turns exceptions and non-JSON error responses into the
    ``{"detail": ...}`` contract and reports server errors to Sentry.
 4. ``RateLimitMiddleware``: decides before the app runs; its 429 already speaks the
    contract, and a storage outage never reaches the app as an exception.
+
+# Strategy: settings flow one way. ``wrap()`` (and the CLI) are the only places that read
+# the environment: ``Settings.from_env`` validates every ``BUTTRESS_*`` variable at once,
+# and the functions below map the settings onto each layer's keyword options. A layer
+# used alone takes the same options from code and never reads the environment.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import os
 from typing import Any
+
+import structlog
 
 from buttress._asgi import ASGIApp
 from buttress.config import Settings
 
-__all__ = ["is_stack", "wrap"]
+__all__ = [
+    "context_options",
+    "error_options",
+    "is_stack",
+    "logging_options",
+    "metrics_options",
+    "rate_limit_options",
+    "sentry_options",
+    "wrap",
+]
 
 _STACK_MARK = "_buttress_stack"
+
+
+def context_options(s: Settings) -> dict[str, Any]:
+    """``RequestContextMiddleware`` options from settings."""
+    return {
+        "request_id_header": s.request_id_header,
+        "trusted_proxies": s.trusted_proxies,
+        "forwarded_header": s.forwarded_header,
+        "access_log": s.access_log,
+        "access_log_exclude": s.access_log_exclude,
+    }
+
+
+def metrics_options(s: Settings) -> dict[str, Any]:
+    """``MetricsMiddleware`` options from settings."""
+    return {
+        "namespace": s.metrics_namespace,
+        "buckets": s.metrics_buckets,
+        "path": s.metrics_path,
+        "token": s.metrics_token,
+        "max_routes": s.metrics_max_routes,
+        "path_groups": s.metrics_path_groups,
+        "group_status": s.metrics_group_status,
+    }
+
+
+def error_options(s: Settings) -> dict[str, Any]:
+    """``ErrorMiddleware`` options from settings."""
+    return {
+        "exception_map": s.exception_map,
+        "error_format": s.error_format,
+        "body_limit": s.error_body_limit,
+        "report_statuses": s.sentry_status_codes,
+    }
+
+
+def rate_limit_options(s: Settings) -> dict[str, Any]:
+    """``RateLimitMiddleware`` options from settings."""
+    return {
+        "limits": s.rate_limits,
+        "default": s.rate_limit,
+        "key": s.rate_limit_key,
+        "ip_limit": s.rate_limit_ip,
+        "key_secret": s.rate_limit_key_secret,
+        "ipv6_prefix": s.rate_limit_ipv6_prefix,
+        "max_keys": s.rate_limit_max_keys,
+        "storage": s.rate_limit_storage,
+        "strategy": s.rate_limit_strategy,
+        "headers": s.rate_limit_headers,
+        "fail_open": s.rate_limit_fail_open,
+        "exempt": s.rate_limit_exempt,
+        "allow": s.rate_limit_allow,
+        "trusted_proxies": s.trusted_proxies,
+        "forwarded_header": s.forwarded_header,
+        "namespace": s.metrics_namespace,
+    }
+
+
+def logging_options(s: Settings) -> dict[str, Any]:
+    """``configure_logging`` options from settings."""
+    return {
+        "level": s.log_level,
+        "log_format": s.effective_log_format,
+        "show_locals": s.development,
+    }
+
+
+def sentry_options(s: Settings) -> dict[str, Any]:
+    """``init_sentry`` options from settings (and ``SENTRY_DSN``)."""
+    return {
+        "dsn": os.environ.get("SENTRY_DSN") or None,
+        "status_codes": s.sentry_status_codes,
+        "exception_map": s.exception_map,
+        "traces_sample_rate": s.sentry_traces_sample_rate,
+    }
 
 
 def wrap(app: Any, settings: Settings | None = None, **overrides: Any) -> ASGIApp:
     """Return ``app`` wrapped in every buttress layer that ``settings`` enables.
 
-    ``overrides`` are ``Settings`` fields (``rate_limit="10/minute"``) or layer options
-    (``registry=`` a prometheus ``CollectorRegistry``, ``exception_map={Exc: 409}``).
+    ``overrides`` are ``Settings`` fields (``rate_limit="10/minute"``) or ``registry=`` (a
+    prometheus ``CollectorRegistry`` shared by every layer's metrics).
     """
+    from buttress._registry import make_registry
     from buttress.adapters import install_adapters
     from buttress.context import RequestContextMiddleware
     from buttress.errors import ErrorMiddleware
     from buttress.logs import configure_logging
-    from buttress.metrics import MetricsMiddleware, make_registry
+    from buttress.metrics import MetricsMiddleware
     from buttress.ratelimit import RateLimitMiddleware
+    from buttress.retry import configure_retries
     from buttress.sentry import init_sentry
 
     registry = overrides.pop("registry", None)
@@ -45,8 +141,15 @@ def wrap(app: Any, settings: Settings | None = None, **overrides: Any) -> ASGIAp
     elif overrides:
         settings = Settings.from_env(**{**_as_overrides(settings), **overrides})
     if settings.configure_logging:
-        configure_logging(settings)
-    init_sentry(settings)
+        configure_logging(**logging_options(settings))
+    _warn_trust_everything(settings)
+    init_sentry(**sentry_options(settings))
+    configure_retries(
+        attempts=settings.retry_attempts,
+        wait_min=settings.retry_wait_min,
+        wait_max=settings.retry_wait_max,
+        namespace=settings.metrics_namespace,
+    )
     install_adapters(app)
     if settings.development:
         from buttress.devmode import print_startup_summary
@@ -57,13 +160,28 @@ def wrap(app: Any, settings: Settings | None = None, **overrides: Any) -> ASGIAp
         registry = make_registry()  # one registry for every layer's metrics of this stack
 
     stack: ASGIApp = app
-    stack = RateLimitMiddleware(stack, settings=settings, registry=registry)
-    stack = ErrorMiddleware(stack, settings=settings)
+    stack = RateLimitMiddleware(stack, registry=registry, **rate_limit_options(settings))
+    stack = ErrorMiddleware(stack, **error_options(settings))
     if settings.metrics:
-        stack = MetricsMiddleware(stack, settings=settings, registry=registry)
-    outer = RequestContextMiddleware(stack, settings=settings)
+        stack = MetricsMiddleware(stack, registry=registry, **metrics_options(settings))
+    outer = RequestContextMiddleware(stack, **context_options(settings))
     setattr(outer, _STACK_MARK, True)
     return outer
+
+
+def _warn_trust_everything(settings: Settings) -> None:
+    """A trusted-proxy network that holds every address lets any client choose its IP."""
+    for net in settings.trusted_proxies:
+        if net.prefixlen == 0:
+            structlog.get_logger("buttress").warning(
+                "trusted_proxies_trust_everyone",
+                network=str(net),
+                message=(
+                    f"BUTTRESS_TRUSTED_PROXIES contains {net}, which holds every address: "
+                    "any client can set its own IP (and rate-limit key) through "
+                    f"{settings.forwarded_header}. List only your proxies' addresses."
+                ),
+            )
 
 
 def is_stack(app: Any) -> bool:
@@ -72,6 +190,4 @@ def is_stack(app: Any) -> bool:
 
 
 def _as_overrides(settings: Settings) -> dict[str, Any]:
-    import dataclasses
-
     return {f.name: getattr(settings, f.name) for f in dataclasses.fields(settings)}
