@@ -312,3 +312,20 @@ async def test_starlette_add_middleware(logs: LogCapture) -> None:
         response = await client.get("/log", headers={"X-Trace": "t-1"})
     assert response.headers["x-trace"] == "t-1"
     assert response.json() == {"request_id": "t-1"}
+
+
+def test_structlog_keeps_one_context_variable_per_key() -> None:
+    """The layer sets structlog's own context variables; structlog sees and clears them as its own."""
+    from buttress.context import _BOUND_KEYS, _structlog_vars
+
+    found = _structlog_vars()
+    assert set(found) == set(_BOUND_KEYS)
+    tokens = [var.set(f"v-{name}") for name, var in found.items()]
+    try:
+        bound = structlog.contextvars.get_contextvars()
+        assert {k: bound[k] for k in _BOUND_KEYS} == {k: f"v-{k}" for k in _BOUND_KEYS}
+        structlog.contextvars.clear_contextvars()
+        assert not set(structlog.contextvars.get_contextvars()) & set(_BOUND_KEYS)
+    finally:
+        for (_, var), token in zip(found.items(), tokens, strict=True):
+            var.reset(token)

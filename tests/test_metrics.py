@@ -526,20 +526,36 @@ def test_prepare_multiprocess_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Pat
 
 
 def test_dead_workers_live_gauges_are_removed(tmp_path: Path) -> None:
-    """At scrape time, live-gauge files of processes that no longer exist are deleted."""
+    """At scrape time, a dead worker's live gauge is dropped and its counter kept (files named by prometheus-client)."""
     from buttress.metrics_endpoint import _reap_dead_workers
 
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    names = [
-        f"gauge_livesum_{dead.pid}.db",
-        f"gauge_livesum_{os.getpid()}.db",
-        f"counter_{dead.pid}.db",
-    ]
-    for name in names:
-        (tmp_path / name).write_bytes(b"")
+    worker = (
+        "from prometheus_client import Counter, Gauge\n"
+        "Gauge('in_progress', 'x', multiprocess_mode='livesum').inc()\n"
+        "Counter('served', 'x').inc()\n"
+    )
+    env = {**os.environ, MULTIPROC_ENV: str(tmp_path)}
+    dead = subprocess.run([sys.executable, "-c", worker], env=env, check=True)
+    assert dead.returncode == 0
+    made = sorted(p.name for p in tmp_path.iterdir())
+    assert len(made) == 2, made  # one live gauge file, one counter file
     _reap_dead_workers(str(tmp_path))
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(names[1:])
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert len(left) == 1 and left[0].startswith("counter"), left
+
+
+def test_world_writable_multiproc_dir_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A PROMETHEUS_MULTIPROC_DIR anyone can write to is refused: planted files would be served."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    monkeypatch.setenv(MULTIPROC_ENV, str(shared))
+    with pytest.raises(ConfigError, match="writable by every user"):
+        prepare_multiprocess_dir(2)
+    shared.chmod(0o700)
+    assert prepare_multiprocess_dir(2) == str(shared)
 
 
 @pytest.mark.slow

@@ -584,3 +584,20 @@ async def test_rejected_request_is_counted_under_its_route_pattern(logs: Any) ->
         ("/items/{item_id}", 200),
         ("/items/{item_id}", 429),
     ]
+
+
+async def test_aclose_closes_the_redis_connections(redis_server: Any) -> None:
+    """aclose() closes the storage's Redis connections (through limits' client attribute)."""
+    import redis
+
+    mw = limiter(build("raw"), default="5/hour", **redis_options(redis_server))
+    watcher = redis.Redis.from_url(redis_server.url)
+    try:
+        async with client_for(mw) as client:
+            assert (await client.get("/ok")).status_code == 200
+        before = watcher.info("clients")["connected_clients"]
+        await mw.aclose()
+        after = watcher.info("clients")["connected_clients"]
+    finally:
+        watcher.close()
+    assert before >= 2 and after == before - 1

@@ -3,7 +3,9 @@
 # Strategy: no locks on the request path (single process).
 # prometheus-client takes a lock per value update: seven per request for these four
 # metrics, about 7 us. Here a request adds to ints and floats in slotted objects and
-# finds its buckets with ``bisect`` (about 0.5 us), and a collector turns the values into
+# finds its buckets with ``bisect`` (about 0.5 us): on the whole ``wrap()`` stack around
+# Starlette that is 236k instead of 267k instructions per request (callgrind, 2026-11),
+# about a fifth of what buttress adds. A collector turns the values into
 # the same families (names, help, labels, ``_created``, exemplars) at scrape time; a
 # property test (tests/test_metrics_store.py) proves the exposition identical to
 # prometheus-client's own metrics for the same observations. That is safe without locks

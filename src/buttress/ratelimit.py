@@ -352,7 +352,7 @@ class RateLimitMiddleware:
         head = scope["method"] == "HEAD"
         if self._ip_rule is not None:
             ip = self.keys.ip(scope)
-            if await self._enforce(self._ip_rule, ip, scope, send, head, stats=False) is not None:
+            if await self._enforce(self._ip_rule, ip, scope, send, head, stats=False) is None:
                 return
         if rule is None:
             await self.app(scope, receive, send)
