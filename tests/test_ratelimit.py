@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 import uuid
 from typing import Any
@@ -601,3 +602,32 @@ async def test_aclose_closes_the_redis_connections(redis_server: Any) -> None:
     finally:
         watcher.close()
     assert before >= 2 and after == before - 1
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+async def test_frozen_redis_is_cut_off_by_the_budget(fail_open: bool, redis_server: Any) -> None:
+    """A frozen Redis (accepts, never answers) is given up on within the decision budget, not socket timeouts.
+
+    The storage's own socket timeouts are set to ten minutes here: without the budget the
+    request would hang until the test's timeout fails it.
+    """
+    import signal
+
+    if redis_server.external:
+        pytest.skip("needs a redis-server of our own to freeze")
+    options = redis_options(redis_server)
+    options["storage_options"].update(socket_timeout=600, socket_connect_timeout=600)
+    mw = limiter(build("raw"), default="2/hour", fail_open=fail_open, **options)
+    try:
+        async with client_for(mw) as client:
+            assert (await client.get("/ok")).status_code == 200  # connected and counted
+            os.kill(redis_server.proc.pid, signal.SIGSTOP)
+            try:
+                frozen = (await client.get("/ok")).status_code
+            finally:
+                os.kill(redis_server.proc.pid, signal.SIGCONT)
+            after = [(await client.get("/ok")).status_code for _ in range(3)]
+    finally:
+        await mw.aclose()
+    assert frozen == (200 if fail_open else 503)
+    assert 429 in after  # limiting resumes once Redis answers again
