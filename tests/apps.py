@@ -226,8 +226,17 @@ def fastapi_app() -> Any:
 def litestar_app() -> Any:
     from litestar import Litestar, get
     from litestar.exceptions import HTTPException
-    from litestar.params import FromPath
     from litestar.response import Stream
+
+    try:
+        from litestar.params import FromPath
+    except ImportError:  # Litestar before 2.12: an annotated Parameter() is the same
+        from typing import Annotated, TypeVar
+
+        from litestar.params import Parameter
+
+        T = TypeVar("T")
+        FromPath = Annotated[T, Parameter()]  # type: ignore[misc,valid-type]
 
     @get("/ok")
     async def ok() -> dict[str, bool]:

@@ -7,8 +7,9 @@ Two scope keys are the whole contract between a framework and the buttress layer
   own 500 page; the error layer then logs, maps and reports it as if it had propagated.
 
 Starlette, FastAPI and Litestar put the template in the scope themselves. ``wrap()``
-installs the Quart and Litestar hooks by itself; Django needs ``DjangoMiddleware`` in
-``MIDDLEWARE`` (Django builds its middleware chain before ``wrap()`` can see it).
+installs the Quart, Litestar and Django hooks by itself; a Django view's exception needs
+``DjangoMiddleware`` in ``MIDDLEWARE`` (Django builds its middleware chain before
+``wrap()`` can see it).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "ROUTE_KEY",
     "DjangoMiddleware",
     "install_adapters",
+    "install_django",
     "install_litestar",
     "install_quart",
     "install_starlette",
@@ -50,6 +52,8 @@ def install_adapters(app: Any) -> None:
         install_quart(app)
     elif module == "litestar":
         install_litestar(app)
+    elif module == "django":
+        install_django(app)
     elif module in ("starlette", "fastapi") and isinstance(
         getattr(app, "exception_handlers", None), dict
     ):
@@ -73,12 +77,15 @@ def install_starlette(app: Any) -> None:
         return
 
     async def record_http_exception(request: Any, exc: Exception) -> Any:
+        result: Any
         request.scope[EXCEPTION_KEY] = exc
         if current is None:
             from starlette.middleware.exceptions import ExceptionMiddleware
 
-            return await ExceptionMiddleware.http_exception(None, request, exc)  # type: ignore[arg-type]
-        result = current(request, exc)
+            # A coroutine since Starlette 0.41, a plain function before.
+            result = ExceptionMiddleware.http_exception(None, request, exc)  # type: ignore[arg-type]
+        else:
+            result = current(request, exc)
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -101,6 +108,8 @@ def install_quart(app: Any) -> None:
     async def record_route() -> None:
         rule = request.url_rule
         scope: Any = request.scope
+        if rule is None:
+            rule = _quart_rule_of_405(request)
         if rule is not None:
             scope[ROUTE_KEY] = _braces(request.root_path + rule.rule)
 
@@ -112,6 +121,23 @@ def install_quart(app: Any) -> None:
     got_request_exception.connect(record_exception, app, weak=False)
     app.logger.addFilter(_quart_log_filter)
     _installed.add(app)
+
+
+def _quart_rule_of_405(request: Any) -> Any:
+    """The rule whose path matched when only the method did not (Werkzeug keeps no rule)."""
+    from quart.globals import request_ctx
+    from werkzeug.exceptions import MethodNotAllowed
+
+    error = request.routing_exception
+    methods = getattr(error, "valid_methods", None)
+    if not isinstance(error, MethodNotAllowed) or not methods:
+        return None
+    adapter: Any = request_ctx.url_adapter
+    try:
+        rule, _ = adapter.match(method=methods[0], return_rule=True)
+    except Exception:  # the adapter answers a redirect or another miss: no template
+        return None
+    return rule
 
 
 def _quart_log_filter(record: logging.LogRecord) -> bool:
@@ -131,6 +157,36 @@ async def _litestar_record_exception(exception: BaseException, scope: Any) -> No
     status = getattr(exception, "status_code", 500)
     if not isinstance(status, int) or status >= 500:
         scope[EXCEPTION_KEY] = exception
+    elif status == 405 and "path_template" not in scope:
+        _litestar_template_of_405(exception, scope)
+
+
+def _litestar_template_of_405(exception: BaseException, scope: Any) -> None:
+    """Route a 405 again with a method the path allows: its route names the template.
+
+    Litestar raises ``MethodNotAllowedException`` while routing, before it records the
+    template; routing is cached by Litestar (``handle_routing``), and this runs on 405s only.
+    """
+    from litestar.utils import normalize_path
+
+    app = scope.get("litestar_app") or scope.get("app")
+    router = getattr(app, "asgi_router", None)
+    # Newer Litestar names the allowed methods; 2.10 does not: OPTIONS (its automatic handler).
+    allow = (getattr(exception, "headers", None) or {}).get("allow", "")
+    method = allow.split(",")[0].strip() or "OPTIONS"
+    if router is None:
+        return
+    path: str = scope["path"]
+    root: str = scope.get("root_path", "")
+    if root:
+        path = path.split(root, maxsplit=1)[-1]
+    try:
+        handle = router.handle_routing(path=normalize_path(path), method=method)[0]
+    except Exception:  # not routable after all: no template
+        return
+    template = getattr(getattr(handle, "__self__", None), "path_format", None)
+    if isinstance(template, str):
+        scope["path_template"] = template or "/"
 
 
 def install_litestar(app: Any) -> None:
@@ -141,6 +197,31 @@ def install_litestar(app: Any) -> None:
 
 
 # --- Django -----------------------------------------------------------------------------
+
+
+def _django_route(request: Any, match: Any) -> None:
+    scope = getattr(request, "scope", None)
+    if scope is not None and match is not None:
+        scope[ROUTE_KEY] = _braces(request.META.get("SCRIPT_NAME", "") + "/" + match.route)
+
+
+def install_django(app: Any) -> None:
+    """Record the URL pattern Django resolved, without ``DjangoMiddleware`` (idempotent).
+
+    Wraps the handler's own ``resolve_request`` on this handler only, so the pattern costs
+    nothing beyond Django's resolution. Exceptions still need ``DjangoMiddleware``.
+    """
+    resolve = getattr(app, "resolve_request", None)
+    if resolve is None or getattr(resolve, "_buttress", False):
+        return
+
+    def resolve_request(request: Any) -> Any:
+        match = resolve(request)
+        _django_route(request, getattr(request, "resolver_match", None))
+        return match
+
+    resolve_request._buttress = True  # type: ignore[attr-defined]
+    app.resolve_request = resolve_request
 
 
 class DjangoMiddleware:
@@ -172,10 +253,7 @@ class DjangoMiddleware:
         return await self.get_response(request)
 
     def process_view(self, request: Any, view: Any, args: Any, kwargs: Any) -> None:
-        scope = getattr(request, "scope", None)
-        match = request.resolver_match
-        if scope is not None and match is not None:
-            scope[ROUTE_KEY] = _braces(request.META.get("SCRIPT_NAME", "") + "/" + match.route)
+        _django_route(request, request.resolver_match)
 
     def process_exception(self, request: Any, exception: BaseException) -> None:
         scope = getattr(request, "scope", None)
