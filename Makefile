@@ -48,7 +48,9 @@ unit: $(DEV_STAMP)
 soak: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m soak -p no:xdist
 
-demo: $(DEV_STAMP)
+# The demo needs only the server extra (uvicorn, seconds to install), not the whole dev set.
+demo: | $(BIN)/python
+	@$(BIN)/python -c 'import buttress, uvicorn' 2>/dev/null || $(PIP) install -e '.[server]'
 	$(BIN)/buttress demo
 
 bench: $(BENCH_STAMP)
@@ -56,3 +58,21 @@ bench: $(BENCH_STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache
+
+# The oldest versions pyproject.toml allows (constraints/oldest.txt), in a second venv:
+# the route-template tests, which read framework internals that change between versions.
+OLDEST := .venv-oldest
+OLDEST_STAMP := $(OLDEST)/.oldest-installed
+.PHONY: test-oldest
+
+$(OLDEST)/bin/python:
+	$(PYTHON) -m venv $(OLDEST)
+
+$(OLDEST_STAMP): pyproject.toml constraints/oldest.txt | $(OLDEST)/bin/python
+	$(OLDEST)/bin/python -m pip --disable-pip-version-check --quiet install -c constraints/oldest.txt \
+	  -e '.[server,redis]' fastapi litestar django quart flask werkzeug httpx \
+	  'pytest>=8.0' 'pytest-asyncio>=0.24' 'pytest-timeout>=2.3' 'pytest-xdist>=3.6' 'hypothesis>=6.100' 'psutil>=5.9'
+	touch $@
+
+test-oldest: $(OLDEST_STAMP)
+	$(OLDEST)/bin/python -m pytest -p no:cacheprovider tests/test_routes.py tests/test_routes_real_apps.py

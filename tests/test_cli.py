@@ -43,6 +43,63 @@ def test_config_refuses_a_bad_environment() -> None:
     assert "BUTTRESS_ENV='staging': expected one of production, development" in result.stderr
 
 
+def test_config_shows_status_code_ranges_as_ranges() -> None:
+    """`buttress config` shows the Sentry statuses as `409,500-599`, not a list of 100 codes."""
+    result = _cli("config", env={"BUTTRESS_SENTRY_STATUS_CODES": "409,500-599"})
+    assert result.returncode == 0, result.stderr
+    row = next(line for line in result.stdout.splitlines() if "SENTRY_STATUS_CODES" in line)
+    assert "409,500-599" in row and "501" not in row
+
+
+def test_config_fits_the_terminal_width() -> None:
+    """`buttress config` in an 80-column terminal prints no line wider than 80 columns."""
+    result = _cli(
+        "config",
+        env={
+            "COLUMNS": "80",
+            "BUTTRESS_RATE_LIMITS": '{"/orders/{order_id}/pay": "5/minute", "/login": "10/hour"}',
+        },
+    )
+    assert result.returncode == 0, result.stderr
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80, result.stdout
+    assert "…" not in result.stdout  # long values fold onto more lines, never cut
+
+
+def test_config_says_whether_sentry_is_on_without_its_key() -> None:
+    """`buttress config` shows Sentry on, with where it reports, and never the DSN's key."""
+    dsn = "https://0123456789abcdef@o42.ingest.example.com/7"
+    on = _cli("config", env={"SENTRY_DSN": dsn})
+    off = _cli("config", env={"SENTRY_DSN": ""})
+    assert on.returncode == 0 and off.returncode == 0, on.stderr + off.stderr
+    row = next(line for line in on.stdout.splitlines() if "SENTRY_DSN" in line)
+    assert "on, https://***@o42.ingest.example.com/7" in row
+    assert "0123456789abcdef" not in on.stdout
+    row = next(line for line in off.stdout.splitlines() if "SENTRY_DSN" in line)
+    assert "off (set SENTRY_DSN to report errors)" in row
+
+
+def test_unknown_variable_warning_is_the_message_alone() -> None:
+    """A typo in a variable prints one line naming it and the likely setting, no Python source."""
+    result = _cli("config", env={"BUTTRESS_RATELIMIT": "10/minute"})
+    assert result.returncode == 0, result.stderr
+    assert result.stderr == (
+        "BUTTRESS_RATELIMIT is not a buttress setting and is ignored; "
+        "did you mean BUTTRESS_RATE_LIMIT?\n"
+    )
+
+
+def test_unknown_variable_warning_is_still_a_config_warning() -> None:
+    """Tests and filters still catch the unknown-variable warning as a ConfigWarning."""
+    import warnings
+
+    from buttress.config import ConfigWarning, Settings
+
+    before = warnings.formatwarning
+    with pytest.warns(ConfigWarning, match="BUTTRESS_RATELIMIT is not a buttress setting"):
+        Settings.from_env({"BUTTRESS_RATELIMIT": "10/minute"})
+    assert warnings.formatwarning is before  # the process's own warnings keep their format
+
+
 def test_run_refuses_an_unloadable_app() -> None:
     """`buttress run` names the target it could not import and exits non-zero."""
     result = _cli("run", "no_such_module_xyz:app")

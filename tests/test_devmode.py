@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -191,3 +192,76 @@ def test_print_startup_summary_writes_the_panel_to_a_console() -> None:
     text = console.file.getvalue()  # type: ignore[attr-defined]
     assert text.count("╭") == 1
     assert "development mode" in text
+
+
+# --- short tracebacks, drawn off the event loop -------------------------------------------
+
+
+async def test_development_traceback_shows_the_users_frames_only(
+    restore_root_logging: None,
+) -> None:
+    """A request's traceback in development shows the app's frames with locals, not the library's."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    from buttress.devmode import wait_for_tracebacks
+
+    async def boom(request: Any) -> Any:
+        _boom()
+
+    stream = io.StringIO()
+    app = buttress.wrap(
+        Starlette(routes=[Route("/boom", boom)]),
+        env="development",
+        configure_logging=False,
+        metrics=False,
+    )
+    buttress.configure_logging(log_format="console", show_locals=True, stream=stream)
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+        assert (await client.get("/boom")).status_code == 500
+    wait_for_tracebacks()
+    import re
+
+    out = re.sub(r"\x1b\[[0-9;]*m", "", stream.getvalue())
+    block = out[out.index("Traceback (most recent call last)") :]
+    assert "tests/apps.py" in block and SECRET in block  # the user's frame, with its locals
+    assert "site-packages" not in block and "src/buttress" not in block
+    assert "library frames hidden" in block
+    assert len(block.splitlines()) < 60
+
+
+def test_a_request_error_in_development_does_not_hold_up_other_requests(
+    tmp_path: Any,
+) -> None:
+    """Under uvicorn in development, another request is served while a traceback is drawn."""
+    from tests import servers
+
+    gate = tmp_path / "gate"
+    env = {"LOGGING_APP": "devmode", "BUTTRESS_ENV": "development", "GATE_FILE": str(gate)}
+    proc, port = servers.start("uvicorn", "tests.logging_served:app", env=env)
+    try:
+        # /boom's traceback shows a local whose repr waits until /ok has been served: drawn
+        # on the event loop, /ok could not be served until that wait gave up.
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
+            assert client.get("/boom").status_code == 500
+            assert client.get("/ok").status_code == 200
+        # The traceback is written by a worker thread; let it finish before the server stops
+        # (uvicorn ends a single process by re-raising SIGTERM, which skips exit handlers).
+        deadline = time.monotonic() + 30
+        while "RuntimeError: devmode boom" not in servers.output(proc):
+            assert time.monotonic() < deadline, servers.output(proc)
+            time.sleep(0.05)
+    finally:
+        out = servers.stop(proc)
+    assert "<gate opened by /ok>" in out
+    assert "<gate never opened>" not in out
+    block = out[out.index("Traceback (most recent call last)") :]
+    block = block[: block.index("RuntimeError: devmode boom")]
+    lines = block.splitlines()
+    assert len(lines) < 50
+    first_frame = next(i for i, line in enumerate(lines) if "logging_served.py" in line)
+    assert first_frame < 5  # the user's frame is on the first screen
+    assert "visible-in-development" in block  # with its locals
+    assert "site-packages" not in block and "src/buttress" not in block  # no library frames
+    assert "library frames hidden" in out

@@ -72,7 +72,10 @@ async def test_mapped_domain_exception(app: Any, framework: str, logs: LogCaptur
 
 @pytest.mark.parametrize(
     ("rule", "detail"),
-    [((409, "That user already exists"), "That user already exists"), ((409, str), "User 7 already exists")],
+    [
+        ((409, "That user already exists"), "That user already exists"),
+        ((409, str), "User 7 already exists"),
+    ],
 )
 async def test_mapped_exception_detail_is_chosen_by_the_user(
     app: Any, framework: str, rule: Any, detail: str
@@ -362,3 +365,183 @@ def test_exception_map_rejects_bad_status() -> None:
 
     with pytest.raises(ValueError, match="400 to 599"):
         ErrorMiddleware(app, exception_map={UserAlreadyExists: 200})
+
+
+# --- secrets in logs ----------------------------------------------------------------------------
+
+
+def _echoing_app() -> Any:
+    """A Starlette app whose error message carries the caller's bearer token and API key."""
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    async def leak(request: Any) -> None:
+        auth = request.headers["authorization"]
+        key = request.query_params["api_key"]
+        try:
+            raise ValueError(f"upstream rejected {key}")
+        except ValueError as exc:
+            raise RuntimeError(f"login failed for {auth!r}") from exc
+
+    return Starlette(routes=[Route("/leak", leak)])
+
+
+async def test_request_secrets_never_reach_a_log_line(logs: LogCapture) -> None:
+    """A traceback whose messages quote the bearer token or API key logs them as [Filtered]."""
+    async with client_for(stack(_echoing_app())) as client:
+        resp = await client.get(
+            "/leak?api_key=qs-KEY-98765", headers={"Authorization": "Bearer tok-SECRET-12345"}
+        )
+    assert resp.status_code == 500
+    # The server's lines (the test client's own httpx line prints the URL it requested).
+    served = "\n".join(json.dumps(x) for x in logs.lines if x.get("logger") != "httpx")
+    assert "tok-SECRET-12345" not in served
+    assert "qs-KEY-98765" not in served
+    [line] = logs.events("unhandled exception")
+    values = {e["exc_type"]: e["exc_value"] for e in line["exception"]}
+    assert values["RuntimeError"] == "login failed for '[Filtered]'"
+    assert values["ValueError"] == "upstream rejected [Filtered]"
+
+
+# --- Django with DEBUG=True ---------------------------------------------------------------------
+
+
+def django_debug() -> Any:
+    """A real project's settings for one test: DEBUG, and CommonMiddleware (Content-Length)."""
+    from django.test import override_settings
+
+    build("django")  # the shared settings first; overridden until the block ends
+    middleware = ["buttress.adapters.DjangoMiddleware", "django.middleware.common.CommonMiddleware"]
+    return override_settings(DEBUG=True, MIDDLEWARE=middleware)
+
+
+async def test_django_debug_page_never_reaches_the_client(logs: LogCapture) -> None:
+    """Django DEBUG=True: the 500 is the contract, its traceback logged once, not the debug page."""
+    with django_debug():
+        # The debug page (57 KB here, 123 KB in a real project) is larger than the limit.
+        app = stack(build("django"), error_body_limit=16384)
+        async with client_for(app) as client:
+            resp = await client.get("/boom")
+    assert_contract(resp, 500, "Internal server error", "django")
+    [line] = logs.events("unhandled exception")
+    assert line["exception"][-1]["exc_type"] == "RuntimeError"
+    assert logs.events("error response too large to normalize; sent unchanged") == []
+
+
+async def test_django_debug_error_reported_to_sentry(
+    sentry_ingest: Any, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Django DEBUG=True: the exception still reaches Sentry once."""
+    import sentry_sdk
+
+    monkeypatch.setenv("SENTRY_DSN", sentry_ingest.dsn)
+    with django_debug():
+        app = stack(build("django"), error_body_limit=16384)
+        async with client_for(app) as client:
+            await client.get("/boom")
+    sentry_sdk.flush(timeout=10)
+    [event] = sentry_ingest.events
+    assert event["exception"]["values"][-1]["type"] == "RuntimeError"
+
+
+# --- when the error layer's own answer would fail -----------------------------------------------
+
+
+def _bad_http_exception_app(framework: str) -> Any:
+    """/object raises HTTPException(418) with an object as detail; /header a non-latin-1 header."""
+    if framework == "litestar":
+        from litestar import Litestar, get
+        from litestar.exceptions import HTTPException as LitestarHTTPException
+
+        @get("/object")
+        async def lobject() -> None:
+            raise LitestarHTTPException(status_code=418, detail=object())  # type: ignore[arg-type]
+
+        @get("/header")
+        async def lheader() -> None:
+            raise LitestarHTTPException(status_code=409, detail="Taken", headers={"X-Who": "Zoë ☃"})
+
+        return Litestar(route_handlers=[lobject, lheader], logging_config=None)
+    from starlette.exceptions import HTTPException
+
+    async def raise_object() -> None:
+        raise HTTPException(418, detail=object())  # type: ignore[arg-type]
+
+    async def raise_header() -> None:
+        raise HTTPException(409, detail="Taken", headers={"X-Who": "Zoë ☃"})
+
+    if framework == "fastapi":
+        from fastapi import FastAPI
+
+        api = FastAPI()
+        api.get("/object")(raise_object)
+        api.get("/header")(raise_header)
+        return api
+    if framework == "starlette":
+        from starlette.applications import Starlette
+        from starlette.routing import Route
+
+        async def s_object(request: Any) -> None:
+            await raise_object()
+
+        async def s_header(request: Any) -> None:
+            await raise_header()
+
+        return Starlette(routes=[Route("/object", s_object), Route("/header", s_header)])
+
+    async def raw(scope: Any, receive: Any, send: Any) -> None:
+        await (raise_object() if scope["path"] == "/object" else raise_header())
+
+    return raw
+
+
+@pytest.mark.parametrize("framework", ["raw", "starlette", "fastapi", "litestar"])
+async def test_unserialisable_http_exception_still_answers_the_contract(
+    framework: str, logs: LogCapture
+) -> None:
+    """An HTTPException with an object detail or a non-latin-1 header still answers JSON."""
+    async with client_for(stack(_bad_http_exception_app(framework))) as client:
+        obj = await client.get("/object")
+        header = await client.get("/header")
+    for resp in (obj, header):
+        assert resp.headers["content-type"] == "application/json"
+        assert isinstance(resp.json()["detail"], str)
+        assert int(resp.headers["content-length"]) == len(resp.content)
+    if framework != "litestar":  # Litestar fails in its own handler and answers 500 itself
+        assert (obj.status_code, obj.json()) == (418, {"detail": "I'm a Teapot"})
+        assert (header.status_code, header.json()) == (409, {"detail": "Taken"})
+        assert "x-who" not in header.headers
+
+
+# --- escape hatches -----------------------------------------------------------------------------
+
+
+async def test_errors_false_keeps_the_frameworks_own_pages(logs: LogCapture) -> None:
+    """BUTTRESS_ERRORS=false: no error layer, so a Django HTML 404 page stays HTML."""
+    async with client_for(stack(build("django"), errors=False)) as client:
+        resp = await client.get("/nope")
+    assert resp.status_code == 404
+    assert resp.headers["content-type"].startswith("text/html")
+    assert resp.headers["x-request-id"]
+
+
+def _own_contract_app() -> Any:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        body = json.dumps({"errors": [{"code": "bad_input"}]}).encode()
+        headers = [(b"content-type", b"application/json")]
+        await send({"type": "http.response.start", "status": 400, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    return app
+
+
+async def test_json_error_bodies_pass_through_when_asked(logs: LogCapture) -> None:
+    """BUTTRESS_ERROR_PASSTHROUGH_JSON=true keeps an API's own JSON errors byte for byte."""
+    async with client_for(stack(_own_contract_app())) as client:
+        wrapped = await client.get("/")
+    assert wrapped.json() == {"detail": {"errors": [{"code": "bad_input"}]}}  # the default
+    async with client_for(stack(_own_contract_app(), error_passthrough_json=True)) as client:
+        resp = await client.get("/")
+    assert resp.status_code == 400
+    assert resp.json() == {"errors": [{"code": "bad_input"}]}
+    assert int(resp.headers["content-length"]) == len(resp.content)

@@ -31,6 +31,7 @@ class Clock:
 
 def _app(clock: Clock, plan: dict[str, tuple[int, int, float]]) -> Any:
     async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()  # the request body, for http_request_size_bytes
         status, size, seconds = plan[scope["path"]]
         await send({"type": "http.response.start", "status": status, "headers": []})
         clock.now += seconds
@@ -39,12 +40,21 @@ def _app(clock: Clock, plan: dict[str, tuple[int, int, float]]) -> Any:
     return app
 
 
-def _stack(fast: bool, clock: Clock, plan: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+SHAPED = {
+    "extra_labels": {"tenant": "request:X-Tenant"},
+    "duration_status": True,
+    "request_size": True,
+}
+
+
+def _stack(
+    fast: bool, clock: Clock, plan: Any, monkeypatch: pytest.MonkeyPatch, **options: Any
+) -> Any:
     registry = CollectorRegistry()
     # The store is chosen when prometheus-client keeps values in process; the other branch
     # (for PROMETHEUS_MULTIPROC_DIR) uses prometheus-client's own Counter and Histogram.
     monkeypatch.setattr(buttress.metrics, "multiprocess_enabled", lambda: not fast)
-    layer = MetricsMiddleware(_app(clock, plan), registry=registry, path="")
+    layer = MetricsMiddleware(_app(clock, plan), registry=registry, path="", **options)
     assert (layer._fast is True) == fast
     return RequestContextMiddleware(layer, access_log=False), registry
 
@@ -76,20 +86,31 @@ plans = st.fixed_dictionaries(
 )
 
 
-@settings(max_examples=40, deadline=None)
-@given(plan=plans, sent=requests)
-def test_store_exposition_equals_prometheus_client(plan: Any, sent: Any) -> None:
+@pytest.mark.parametrize("options", [{}, SHAPED], ids=["default", "extra-labels-status-sizes"])
+def test_store_exposition_equals_prometheus_client(options: dict[str, Any]) -> None:
     """For the same requests, the store's scrape equals prometheus-client's, in both formats."""
+
+    @settings(max_examples=30, deadline=None)
+    @given(plan=plans, sent=requests)
+    def check(plan: Any, sent: Any) -> None:
+        _compare(plan, sent, options)
+
+    check()
+
+
+def _compare(plan: Any, sent: Any, options: dict[str, Any]) -> None:
     with pytest.MonkeyPatch.context() as patch:
         outputs = []
         for fast in (True, False):
             clock = Clock()
             patch.setattr("time.perf_counter", clock)
             patch.setattr("buttress.context._perf_counter", clock)
-            app, registry = _stack(fast, clock, plan, patch)
-            for method, path, traced in sent:
+            app, registry = _stack(fast, clock, plan, patch, **options)
+            for i, (method, path, traced) in enumerate(sent):
                 headers = [(b"traceparent", TRACE.encode())] if traced else []
-                _run(call(app, http_scope(path=path, method=method, headers=headers)))
+                headers.append((b"x-tenant", f"t{i % 3}".encode()))
+                scope = http_scope(path=path, method=method, headers=headers)
+                _run(call(app, scope, body=b"b" * (i * 40)))
             outputs.append(
                 (
                     _normalized(generate_latest(registry).decode()),

@@ -154,7 +154,7 @@ async def test_retry_after_is_the_true_reset_redis(redis_server: Any) -> None:
         async with client_for(mw) as client:
             assert await statuses(client, "/ok", 3) == [200, 200, 429]
             rejected = await client.get("/ok")
-        stats = await mw._limiter.aio.get_window_stats(
+        stats = await mw.decider.limiter.aio.get_window_stats(
             mw.rules[0].limits[0].item, "*", "203.0.113.7"
         )
         true_reset = stats.reset_time - time.time()
@@ -438,11 +438,11 @@ def test_memory_storage_stays_bounded(strategy: str, clock: FakeClock) -> None:
     store, plan = mw.storage, mw.rules[0].plan
 
     for i in range(100_000):
-        mw.decide_memory(plan, f"a{i}", True)
+        mw.decider.decide_memory(plan, f"a{i}", True)
     assert len(store) == 100_000
     clock.advance(300)  # past every window (sliding counters live two windows)
     for i in range(100_000):
-        mw.decide_memory(plan, f"b{i}", True)
+        mw.decider.decide_memory(plan, f"b{i}", True)
     assert len(store) <= 100_000 + 100
     assert len(store._heap) <= 100_000 + 100
 
@@ -472,7 +472,7 @@ def test_memory_store_matches_limits_exactly(strategy: str) -> None:
             item = mw.rules[0].limits[0].item
             for advance, key in ops:
                 clock.advance(advance)
-                rejected, _, remaining, reset = mw.decide_memory(mw.rules[0].plan, key, True)
+                rejected, _, remaining, reset = mw.decider.decide_memory(mw.rules[0].plan, key, True)
                 allowed = reference.hit(item, "*", key)
                 stats = reference.get_window_stats(item, "*", key)
                 assert (rejected is None) == allowed

@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 import sentry_sdk
+from starlette.requests import Request  # FastAPI resolves the handler's annotation by name
 
 import buttress
 from tests.apps import SECRET, UserAlreadyExists, build
@@ -189,3 +190,182 @@ async def test_transaction_named_by_route_template(
     names = [t["transaction"] for t in sentry_ingest.transactions]
     assert names == ["/items/{item_id}"]
     assert sentry_ingest.transactions[0]["transaction_info"]["source"] == "route"
+
+
+# --- what reaches Sentry --------------------------------------------------------------------
+
+SECRETS = {
+    "x-api-key": "hdr-APIKEY-1111",
+    "x-auth-token": "hdr-AUTHTOKEN-2222",
+    "x-tenant": "hdr-TENANTKEY-3333",  # the rate-limit key header, by configuration
+}
+IPS = {"x-forwarded-for": "198.51.100.23, 10.9.8.7", "x-real-ip": "198.51.100.24"}
+QUERY = "api_key=qs-APIKEY-4444&token=qs-TOKEN-5555&password=qs-PASSWORD-6666&q=visible"
+
+
+def leaky_app(framework: str) -> Any:
+    """/leak copies the API key into a local, then raises (Starlette or FastAPI)."""
+    if framework == "fastapi":
+        from fastapi import FastAPI
+
+        app = FastAPI()
+
+        @app.get("/leak")
+        async def leak(request: Request) -> None:
+            key = request.headers["x-api-key"]  # an alias sentry's name list cannot see
+            raise RuntimeError(f"upstream refused a key of {len(key)} chars")
+
+        return app
+    from starlette.applications import Starlette
+    from starlette.routing import Route
+
+    async def leak(request: Request) -> None:
+        key = request.headers["x-api-key"]
+        raise RuntimeError(f"upstream refused a key of {len(key)} chars")
+
+    return Starlette(routes=[Route("/leak", leak)])
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi"])
+async def test_credentials_and_ips_never_reach_sentry(
+    framework: str, sentry_ingest: SentryIngest, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Credential headers, credential query parameters, the rate-limit key and IPs are masked."""
+    monkeypatch.setenv("SENTRY_DSN", sentry_ingest.dsn)
+    app = stack(leaky_app(framework), rate_limit_key="header:X-Tenant")
+    async with client_for(app) as client:
+        resp = await client.get(f"/leak?{QUERY}", headers={**SECRETS, **IPS})
+    assert resp.status_code == 500
+    events = flushed(sentry_ingest)
+    assert len(events) == 1
+    request = events[0]["request"]
+    for name in (*SECRETS, *IPS):
+        assert request["headers"][name] == "[Filtered]"
+    assert request["headers"]["user-agent"].startswith("python-httpx")
+    assert request["query_string"].endswith("q=visible")
+    assert "api_key=[Filtered]" in request["query_string"]
+    assert "env" not in request  # no client IP while send_default_pii is off
+    text = sentry_ingest.raw_text
+    for value in [*SECRETS.values(), "qs-APIKEY-4444", "qs-TOKEN-5555", "qs-PASSWORD-6666"]:
+        assert value not in text  # not in headers, query, frame locals (scope, key), anywhere
+    for ip in ("198.51.100.23", "198.51.100.24", "203.0.113.7"):
+        assert ip not in text
+
+
+async def test_ips_sent_when_the_app_allows_pii(
+    sentry_ingest: SentryIngest, logs: LogCapture
+) -> None:
+    """With send_default_pii on, IP headers and the client IP reach Sentry; credentials never."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated in sentry-sdk 2.75
+        sentry_sdk.init(dsn=sentry_ingest.dsn, send_default_pii=True, default_integrations=False)
+    app = stack(leaky_app("starlette"))
+    async with client_for(app) as client:
+        await client.get(f"/leak?{QUERY}", headers={**SECRETS, **IPS})
+    events = flushed(sentry_ingest)
+    assert len(events) == 1
+    request = events[0]["request"]
+    assert request["headers"]["x-forwarded-for"] == IPS["x-forwarded-for"]
+    assert request["env"] == {"REMOTE_ADDR": "203.0.113.7"}
+    assert request["headers"]["x-api-key"] == "[Filtered]"
+    assert "hdr-APIKEY-1111" not in sentry_ingest.raw_text
+    assert "qs-TOKEN-5555" not in sentry_ingest.raw_text
+
+
+# --- traces -----------------------------------------------------------------------------------
+
+UPSTREAM_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+UPSTREAM_SPAN = "00f067aa0ba902b7"
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"},
+        {"sentry-trace": f"{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-1"},
+    ],
+    ids=["traceparent", "sentry-trace"],
+)
+async def test_error_links_to_the_upstream_trace_with_tracing_off(
+    headers: dict[str, str],
+    sentry_ingest: SentryIngest,
+    logs: LogCapture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With tracing off, an error event carries the trace id and span of the caller."""
+    monkeypatch.setenv("SENTRY_DSN", sentry_ingest.dsn)
+    async with client_for(stack(build("starlette"))) as client:
+        await client.get("/boom", headers=headers)
+        await client.get("/boom")  # a later request without a trace is not stamped
+    events = flushed(sentry_ingest)
+    assert len(events) == 2
+    trace = events[0]["contexts"]["trace"]
+    assert (trace["trace_id"], trace["parent_span_id"]) == (UPSTREAM_TRACE, UPSTREAM_SPAN)
+    assert events[1]["contexts"]["trace"]["trace_id"] != UPSTREAM_TRACE
+
+
+async def test_transaction_continues_a_w3c_trace(
+    sentry_ingest: SentryIngest, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With tracing on, a request carrying only traceparent continues the caller's trace."""
+    monkeypatch.setenv("SENTRY_DSN", sentry_ingest.dsn)
+    app = stack(build("starlette"), sentry_traces_sample_rate="1")
+    headers = {"traceparent": f"00-{UPSTREAM_TRACE}-{UPSTREAM_SPAN}-01"}
+    async with client_for(app) as client:
+        await client.get("/items/1", headers=headers)
+    sentry_sdk.flush(timeout=10)
+    [transaction] = sentry_ingest.transactions
+    assert transaction["contexts"]["trace"]["trace_id"] == UPSTREAM_TRACE
+    assert transaction["transaction"] == "/items/{item_id}"
+
+
+@pytest.mark.parametrize("framework", ["starlette", "fastapi", "django", "quart", "litestar"])
+async def test_one_transaction_when_the_app_inits_sentry_itself(
+    framework: str, sentry_ingest: SentryIngest, logs: LogCapture
+) -> None:
+    """An app calling sentry_sdk.init with tracing and default integrations: one transaction."""
+    sentry_sdk.init(dsn=sentry_ingest.dsn, traces_sample_rate=1.0)
+    async with client_for(stack(build(framework))) as client:
+        ok = await client.get("/items/7")
+        boom = await client.get("/boom")
+    assert (ok.status_code, boom.status_code) == (200, 500)
+    sentry_sdk.flush(timeout=10)
+    assert len(sentry_ingest.transactions) == 2  # one per request
+    assert len(sentry_ingest.events) == 1
+    assert sentry_ingest.events[0]["tags"]["request_id"] == boom.headers["x-request-id"]
+
+
+# --- per-request scopes -----------------------------------------------------------------------
+
+
+async def test_tags_and_breadcrumbs_stay_with_their_request(
+    sentry_ingest: SentryIngest, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two concurrent requests: each error event carries only its own tag and breadcrumb."""
+    import asyncio
+
+    monkeypatch.setenv("SENTRY_DSN", sentry_ingest.dsn)
+    both_set = asyncio.Event()
+    arrived: list[str] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        who = scope["path"].strip("/")
+        sentry_sdk.set_tag("who", who)
+        sentry_sdk.add_breadcrumb(message=f"crumb-{who}")
+        arrived.append(who)
+        if len(arrived) == 2:
+            both_set.set()
+        await both_set.wait()  # both requests have set theirs before either raises
+        raise RuntimeError(f"failed for {who}")
+
+    async with client_for(stack(app)) as client:
+        await asyncio.gather(client.get("/a"), client.get("/b"))
+    events = flushed(sentry_ingest)
+    assert len(events) == 2
+    for event in events:
+        who = event["exception"]["values"][-1]["value"].rsplit(" ", 1)[1]
+        assert event["tags"]["who"] == who
+        crumbs = [c.get("message", "") for c in event["breadcrumbs"]["values"]]
+        assert [c for c in crumbs if c.startswith("crumb-")] == [f"crumb-{who}"]

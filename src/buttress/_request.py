@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import re
 import time
 from collections.abc import Iterable, Sequence
 from typing import Final
@@ -30,7 +29,6 @@ __all__ = [
     "ROUTE_KEY",
     "RequestRecord",
     "app_path",
-    "canonical_path",
     "client_ip",
     "record_of",
 ]
@@ -66,7 +64,9 @@ class RequestRecord:
         "end",
         "method",
         "path",
+        "received",
         "request_id",
+        "response_headers",
         "root_path",
         "route",
         "route_resolved",
@@ -74,6 +74,7 @@ class RequestRecord:
         "span_id",
         "start",
         "status",
+        "trace_flags",
         "trace_id",
     )
 
@@ -92,10 +93,13 @@ class RequestRecord:
         self.method = method
         self.trace_id: str | None = None
         self.span_id: str | None = None
+        self.trace_flags: str | None = None
         self.route: str | None = None
         self.route_resolved = False
         self.status = 0
         self.sent = 0
+        self.received = 0  # request body bytes the app read (for http_request_size_bytes)
+        self.response_headers: list[tuple[bytes, bytes]] | None = None
         self.start = time.perf_counter()
         self.end = 0.0
         self.disconnected = False
@@ -135,34 +139,6 @@ def app_path(scope: Scope) -> str:
     root: str = scope.get("root_path", "")
     if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
         return path[len(root) :] or "/"
-    return path
-
-
-_SLASHES = re.compile(r"//+")
-
-
-def canonical_path(path: str) -> str:
-    """One spelling for every path variant some framework routes to the same handler.
-
-    Repeated slashes are collapsed (Litestar and Quart route ``//a`` and ``/a//b``), ``.``
-    and ``..`` segments are resolved, and a trailing slash is dropped (Litestar routes
-    ``/a/`` to ``/a``, Starlette and Django redirect it). Matching a rate-limit pattern
-    against this spelling never misses a variant that reaches the limited handler; a
-    variant no framework routes is at worst charged to the limit it resembles.
-    """
-    if "//" in path:
-        path = _SLASHES.sub("/", path)
-    if "/." in path:
-        out: list[str] = []
-        for segment in path.split("/"):
-            if segment == "..":
-                if len(out) > 1:
-                    out.pop()
-            elif segment != ".":
-                out.append(segment)
-        path = "/".join(out) or "/"
-    if len(path) > 1 and path.endswith("/"):
-        path = path.rstrip("/") or "/"
     return path
 
 

@@ -163,9 +163,37 @@ def _csv(raw: Any) -> tuple[str, ...]:
 def _paths(raw: Any) -> tuple[str, ...]:
     paths = _csv(raw)
     for path in paths:
-        if not path.startswith("/"):
+        if not _PATTERN.fullmatch(path):
             raise _Invalid(f"{path!r} is not a path; write paths like '/metrics,/healthz'")
     return paths
+
+
+def _methods(raw: Any) -> tuple[str, ...]:
+    methods = tuple(m.upper() for m in _csv(raw))
+    for method in methods:
+        if not _METHOD.fullmatch(method):
+            raise _Invalid(f"{method!r} is not an HTTP method; write them like 'OPTIONS,HEAD'")
+    return methods
+
+
+def _label_sources(raw: Any) -> dict[str, Any]:
+    hint = """like '{"tenant": "request:X-Tenant", "cache": "response:X-Cache"}'"""
+    out: dict[str, Any] = {}
+    for name, source in _json_object(raw, hint).items():
+        if not isinstance(name, str) or not _METRIC_PREFIX.fullmatch(name) or ":" in name:
+            raise _Invalid(f"{name!r} is not a label name, {hint}")
+        if name in ("method", "route", "status", "le", "quantile"):
+            raise _Invalid(f"{name!r} is one of buttress' own labels, {hint}")
+        if callable(source):
+            out[name] = source
+            continue
+        kind, _, header = str(source).partition(":")
+        if kind not in ("request", "response") or not _HEADER_TOKEN.fullmatch(header.strip()):
+            raise _Invalid(
+                f"source of {name!r} must be 'request:<Header>' or 'response:<Header>', {hint}"
+            )
+        out[name] = f"{kind}:{header.strip()}"
+    return out
 
 
 def _path_or_empty(raw: Any) -> str:
@@ -318,22 +346,52 @@ _METHOD = re.compile(r"[A-Z]+")
 _PATTERN = re.compile(r"/(?:[^{}\s]|\{[A-Za-z_][A-Za-z0-9_]*(?::[A-Za-z_]+)?\})*")
 
 
-def _rate_limits(raw: Any) -> dict[str, str]:
-    hint = """like '{"POST /auth/login": "10/minute", "/reports/{id}": "30/minute"}'"""
+_COUNTS = ("all", "failures", "successes")
+
+
+def _rate_limits(raw: Any) -> dict[str, Any]:
+    hint = (
+        """like '{"POST /auth/login": "10/minute", "/reports/{id}": "30/minute"}' or, per """
+        """route, '{"limit": "10/minute", "shared": "auth", "cost": 2, "count": "failures"}'"""
+    )
     limits_map = _json_object(raw, hint)
-    out: dict[str, str] = {}
+    out: dict[str, Any] = {}
     for key, value in limits_map.items():
         if not isinstance(key, str):
             raise _Invalid(f"{key!r} is not 'METHOD /path' or '/path', {hint}")
-        if not isinstance(value, str):
-            raise _Invalid(f"limit for {key!r} must be a string, {hint}")
-        _check_limit(value)
         method, _, pattern = key.strip().rpartition(" ")
         method = method.strip()
         if (method and not _METHOD.fullmatch(method.upper())) or not _PATTERN.fullmatch(pattern):
             raise _Invalid(f"{key!r} is not 'METHOD /path' or '/path', {hint}")
-        out[f"{method.upper()} {pattern}" if method else pattern] = value
+        out[f"{method.upper()} {pattern}" if method else pattern] = _route_limit(key, value, hint)
     return out
+
+
+def _route_limit(key: str, value: Any, hint: str) -> Any:
+    """One route's limit: a string, a callable of the client key (code), or an object."""
+    if isinstance(value, str):
+        _check_limit(value)
+        return value
+    if callable(value):
+        return value
+    if not isinstance(value, Mapping) or "limit" not in value:
+        raise _Invalid(f"limit for {key!r} must be a string or an object with 'limit', {hint}")
+    unknown = set(value) - {"limit", "shared", "cost", "count"}
+    if unknown:
+        raise _Invalid(f"limit for {key!r} has unknown keys {sorted(unknown)}, {hint}")
+    if isinstance(value["limit"], str):
+        _check_limit(value["limit"])
+    elif not callable(value["limit"]):
+        raise _Invalid(f"'limit' for {key!r} must be a string, {hint}")
+    cost = value.get("cost", 1)
+    if isinstance(cost, bool) or not isinstance(cost, int) or cost < 1:
+        raise _Invalid(f"'cost' for {key!r} must be a whole number of at least 1, {hint}")
+    if value.get("count", "all") not in _COUNTS:
+        raise _Invalid(f"'count' for {key!r} must be one of {', '.join(_COUNTS)}, {hint}")
+    shared = value.get("shared")
+    if shared is not None and (not isinstance(shared, str) or not shared.strip()):
+        raise _Invalid(f"'shared' for {key!r} must be a group name, {hint}")
+    return dict(value)
 
 
 def _rate_limit_key(raw: Any) -> Any:
@@ -426,6 +484,12 @@ FIELDS: tuple[Field, ...] = (
         "Header read for an incoming request id and echoed on every response.",
     ),
     Field(
+        "request_id_in_request",
+        _bool,
+        "false",
+        "Also put a generated request id into the request headers the app sees.",
+    ),
+    Field(
         "trusted_proxies",
         _networks,
         "",
@@ -439,6 +503,12 @@ FIELDS: tuple[Field, ...] = (
         "`x-real-ip`; any other is ignored.",
     ),
     # errors and Sentry
+    Field(
+        "errors",
+        _bool,
+        "true",
+        'The error layer (`{"detail": ...}` contract, traceback logs, Sentry reports).',
+    ),
     Field(
         "exception_map",
         _exception_map,
@@ -456,6 +526,19 @@ FIELDS: tuple[Field, ...] = (
         _choice("detail", "problem"),
         "detail",
         '`detail` for `{"detail": ...}` or `problem` for RFC 9457 problem+json.',
+    ),
+    Field(
+        "error_passthrough_json",
+        _bool,
+        "false",
+        "Send error bodies that are already JSON unchanged (an API's own error contract).",
+    ),
+    Field(
+        "error_report_budget",
+        _int_range(0, 1_000_000),
+        "10",
+        "Reports (Sentry event and traceback log line) per minute for one error (exception "
+        "type and route), in bursts of as many; 0 for no limit.",
     ),
     Field(
         "sentry_status_codes",
@@ -504,6 +587,37 @@ FIELDS: tuple[Field, ...] = (
         "Most distinct `route` label values; past it, `<other>`.",
     ),
     Field("metrics_group_status", _bool, "false", "Report `status` as `2xx`, `4xx`, ..."),
+    Field(
+        "metrics_skip_paths",
+        _paths,
+        "",
+        "Comma-separated paths or patterns (`/health/{probe}`) never counted.",
+    ),
+    Field(
+        "metrics_skip_methods",
+        _methods,
+        "",
+        "Comma-separated methods never counted, e.g. `OPTIONS,HEAD`.",
+    ),
+    Field(
+        "metrics_extra_labels",
+        _label_sources,
+        "",
+        """JSON object of label to `request:<Header>` or `response:<Header>`, e.g. """
+        """`{"tenant": "request:X-Tenant"}`; at most 50 values each.""",
+    ),
+    Field(
+        "metrics_duration_status",
+        _bool,
+        "false",
+        "Put the `status` label on the duration and size histograms too.",
+    ),
+    Field(
+        "metrics_request_size",
+        _bool,
+        "false",
+        "Add `http_request_size_bytes`, the request body bytes the app read.",
+    ),
     # rate limiting
     Field(
         "rate_limit",
@@ -572,6 +686,13 @@ FIELDS: tuple[Field, ...] = (
         "rate_limit_headers", _bool, "true", "Send `RateLimit-*` headers on allowed responses too."
     ),
     Field(
+        "rate_limit_header_style",
+        _choice("ietf", "x", "both"),
+        "ietf",
+        "`ietf` (`RateLimit-Limit/Remaining/Reset`), `x` (`X-RateLimit-*`, reset as a Unix "
+        "time) or `both`.",
+    ),
+    Field(
         "rate_limit_fail_open",
         _bool,
         "true",
@@ -615,11 +736,15 @@ class Settings:
     access_log: bool
     access_log_exclude: tuple[str, ...]
     request_id_header: str
+    request_id_in_request: bool
     trusted_proxies: tuple[IPNetwork, ...]
     forwarded_header: str
+    errors: bool
     exception_map: Mapping[type[BaseException], Any]  # status, or (status, detail)
     error_body_limit: int
     error_format: Literal["detail", "problem"]
+    error_passthrough_json: bool
+    error_report_budget: int
     sentry_status_codes: frozenset[int]
     sentry_traces_sample_rate: float
     metrics: bool
@@ -630,8 +755,13 @@ class Settings:
     metrics_path_groups: Mapping[str, str]
     metrics_max_routes: int
     metrics_group_status: bool
+    metrics_skip_paths: tuple[str, ...]
+    metrics_skip_methods: tuple[str, ...]
+    metrics_extra_labels: Mapping[str, Any]
+    metrics_duration_status: bool
+    metrics_request_size: bool
     rate_limit: str
-    rate_limits: Mapping[str, str]
+    rate_limits: Mapping[str, Any]
     rate_limit_key: Any  # "ip", "header:<Name>", or a (sync or async) callable of the scope
     rate_limit_ip: str
     rate_limit_key_secret: str | None = dataclasses.field(repr=False)
@@ -642,6 +772,7 @@ class Settings:
     rate_limit_exempt: tuple[str, ...]
     rate_limit_allow: tuple[str, ...]
     rate_limit_headers: bool
+    rate_limit_header_style: str
     rate_limit_fail_open: bool
     retry_attempts: int
     retry_wait_min: float
@@ -794,15 +925,30 @@ def _derive(values: dict[str, Any], problems: list[str], overrides: Mapping[str,
 
 
 def _warn_unknown(env: Mapping[str, str]) -> None:
+    """Warn (``ConfigWarning``) about each ``BUTTRESS_*`` variable that no setting reads.
+
+    Printed, the warning is its message alone: the default format would add a file name
+    and the caller's source line, which tell an operator nothing about their variable.
+    Filters, ``pytest.warns`` and ``logging.captureWarnings`` see an ordinary warning.
+    """
+
+    def message_alone(message: Warning | str, *_: Any, **__: Any) -> str:
+        return f"{message}\n"
+
     for key in env:
         if key.startswith(PREFIX) and key not in _BY_ENV and key not in NOT_SETTINGS:
             close = difflib.get_close_matches(key, _BY_ENV, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
-            warnings.warn(
-                f"{key} is not a buttress setting and is ignored{hint}",
-                ConfigWarning,
-                stacklevel=3,
-            )
+            formatter = warnings.formatwarning
+            warnings.formatwarning = message_alone
+            try:
+                warnings.warn(
+                    f"{key} is not a buttress setting and is ignored{hint}",
+                    ConfigWarning,
+                    stacklevel=3,
+                )
+            finally:
+                warnings.formatwarning = formatter
 
 
 def markdown_table() -> str:

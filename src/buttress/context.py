@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from time import perf_counter as _perf_counter
 from typing import Any
@@ -88,6 +88,30 @@ def _structlog_vars() -> dict[str, ContextVar[Any]]:
     return found
 
 
+def _unbind_all() -> dict[ContextVar[Any], Any]:
+    """Unbind every structlog context key (the request starts clean); return what was bound.
+
+    Under a server each request runs in a task of its own, but a test client (httpx's
+    ``ASGITransport``) or a proxying app serves requests one after another in one task: a
+    key the app bound with ``bind_contextvars`` would appear on the next request's lines.
+    """
+    bound: dict[ContextVar[Any], Any] = {}
+    for var, value in contextvars.copy_context().items():
+        if value is not Ellipsis and var.name.startswith("structlog_"):
+            bound[var] = value
+            var.set(Ellipsis)
+    return bound
+
+
+def _rebind(bound: dict[ContextVar[Any], Any]) -> None:
+    """Put back the structlog context of before the request; drop what the app bound."""
+    for var, value in contextvars.copy_context().items():
+        if var.name.startswith("structlog_"):
+            before = bound.get(var, Ellipsis)
+            if value is not before:
+                var.set(before)
+
+
 def new_request_id() -> str:
     """A fresh request id: 32 hex characters of a random (version 4) UUID."""
     # The same bits uuid.uuid4() sets, without building a UUID object (4x cheaper).
@@ -145,12 +169,19 @@ class RequestContextMiddleware:
         forwarded_header: str = "x-forwarded-for",
         access_log: bool = True,
         access_log_exclude: Iterable[str] | str = ("/metrics",),
+        id_generator: Callable[[], str] | None = None,
+        id_validator: Callable[[str], bool] | None = None,
+        id_in_request: bool = False,
     ) -> None:
-        from buttress.logs import AccessLogger
+        from buttress.logs import AccessLogger, LogThrottle
 
         self.app = app
         header = option("request_id_header", "request_id_header", request_id_header)
         self._header = header.lower().encode("latin-1")
+        self._new_id = id_generator or new_request_id
+        self._valid = id_validator
+        self._id_in_request = option("id_in_request", "request_id_in_request", id_in_request)
+        self._replaced = LogThrottle(10.0)
         self._trusted: Sequence[IPNetwork] = option(
             "trusted_proxies", "trusted_proxies", trusted_proxies
         )
@@ -167,6 +198,25 @@ class RequestContextMiddleware:
             v["trace_id"],
             v["span_id"],
         )
+
+    def _accept(self, raw: bytes) -> str | None:
+        """The incoming id when it is safe (and, with ``id_validator``, valid) to keep."""
+        request_id = valid_request_id(raw)  # always: it travels in headers and logs
+        if request_id is not None and self._valid is not None and not self._valid(request_id):
+            return None
+        return request_id
+
+    def _warn_replaced(self, raw: bytes, request_id: str) -> None:
+        """One warning (throttled: a client could flood it) for an incoming id we replaced."""
+        suppressed = self._replaced.allow()
+        if suppressed is not None:
+            structlog.get_logger("buttress.context").warning(
+                "invalid request id replaced",
+                header=self._header.decode("latin-1"),
+                received=raw[:64].decode("latin-1").encode("unicode_escape").decode("ascii"),
+                request_id=request_id,
+                suppressed=suppressed,
+            )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -185,9 +235,17 @@ class RequestContextMiddleware:
                 incoming = value
             elif key == b"traceparent":
                 traceparent = value
-        request_id = valid_request_id(incoming) if incoming is not None else None
+        request_id = self._accept(incoming) if incoming is not None else None
         if request_id is None:
-            request_id = new_request_id()
+            request_id = self._new_id()
+            if incoming is not None:
+                self._warn_replaced(incoming, request_id)
+            if self._id_in_request:
+                # The app reads request.headers["x-request-id"] and finds the id we use.
+                scope["headers"] = [
+                    *(h for h in headers if h[0] != self._header),
+                    (self._header, request_id.encode("latin-1")),
+                ]
         ip = client_ip(scope, self._trusted, self._forwarded)
         method = scope.get("method", "GET") if kind == "http" else "WEBSOCKET"
         path = app_path(scope)
@@ -195,6 +253,7 @@ class RequestContextMiddleware:
         scope[RECORD_KEY] = record
 
         trace = parse_traceparent(traceparent) if traceparent is not None else None
+        outer = _unbind_all()
         t_request = self._v_request_id.set(request_id)
         t_method = self._v_method.set(method)
         t_path = self._v_path.set(scope.get("path", ""))
@@ -202,6 +261,7 @@ class RequestContextMiddleware:
         t_trace = t_span = None
         if trace is not None:
             record.trace_id, record.span_id = trace
+            record.trace_flags = (traceparent or b"").strip()[53:55].decode("ascii")
             t_trace = self._v_trace_id.set(trace[0])
             t_span = self._v_span_id.set(trace[1])
         t_current = _current.set(record)
@@ -229,6 +289,7 @@ class RequestContextMiddleware:
             self._v_path.reset(t_path)
             self._v_method.reset(t_method)
             self._v_request_id.reset(t_request)
+            _rebind(outer)
 
 
 class _Responder:
@@ -259,7 +320,9 @@ class _Responder:
                 record.end = _perf_counter()
         elif kind == "http.response.start":
             record.status = message["status"]
-            message["headers"] = _with_header(message.get("headers"), self._id_header)
+            message["headers"] = record.response_headers = _with_header(
+                message.get("headers"), self._id_header
+            )
             try:
                 await self._send(message)
             except OSError:
@@ -270,7 +333,10 @@ class _Responder:
 
     async def receive(self) -> Message:
         message = await self._receive()
-        if message["type"] == "http.disconnect":
+        kind = message["type"]
+        if kind == "http.request":
+            self.record.received += len(message.get("body", b""))
+        elif kind == "http.disconnect":
             self.record.disconnected = True
         return message
 

@@ -38,17 +38,22 @@ import orjson
 import structlog
 
 from buttress._asgi import ASGIApp, Headers, Message, Receive, Scope, Send, reason
+from buttress._budget import ReportGate
+from buttress._errorbody import content_length, error_body, text_detail
 from buttress._exceptions import (
     INTERNAL_ERROR_DETAIL,
     ExceptionMap,
     exception_status,
     normalize_map,
 )
-from buttress._request import EXCEPTION_KEY, app_path
+from buttress._request import EXCEPTION_KEY, app_path, record_of
+from buttress._scrub import LOG_SECRETS, RequestSecrets, normal_names, warm
 from buttress.config import option
 from buttress.logs import LogThrottle, mark_logged
 
 if TYPE_CHECKING:
+    from prometheus_client import CollectorRegistry
+
     from buttress.sentry import RequestScopes
 
 __all__ = ["INTERNAL_ERROR_DETAIL", "ErrorMiddleware", "exception_status"]
@@ -58,7 +63,6 @@ _PROBLEM = b"application/problem+json"
 # Headers recomputed by this layer; everything else the app set (Allow, WWW-Authenticate,
 # Retry-After, Set-Cookie, ...) is kept.
 _REPLACED = frozenset({b"content-type", b"content-length", b"transfer-encoding"})
-_TEXT_DETAIL_MAX = 1000
 
 # Response-message modes of one request.
 _PASS = 0  # forwarding as received (no response yet, a 1xx-3xx, or an error too big to hold)
@@ -74,7 +78,12 @@ class ErrorMiddleware:
     answers with its reason phrase, never ``str(exc)`` (see ``buttress._exceptions``).
     ``error_format`` is ``"detail"`` or ``"problem"`` (RFC 9457); ``body_limit`` is the
     largest error body (bytes) held to be normalized; ``report_statuses`` are the statuses
-    reported to Sentry. ``websocket`` and ``lifespan`` scopes pass through untouched.
+    reported to Sentry. ``report_budget`` is how many reports (a Sentry event and a
+    traceback log line) one error (exception type and route) may cost per minute, 0 for no
+    limit; what it holds back is counted in ``sentry_reports_dropped_total{reason}`` of
+    ``registry``. ``secret_headers`` are more header names whose values never reach a log
+    line. ``passthrough_json`` sends error bodies that are already JSON unchanged.
+    ``websocket`` and ``lifespan`` scopes pass through untouched.
     """
 
     def __init__(
@@ -85,6 +94,11 @@ class ErrorMiddleware:
         error_format: str = "detail",
         body_limit: int = 65536,
         report_statuses: Iterable[int] | str = range(500, 600),
+        report_budget: int = 10,
+        registry: CollectorRegistry | None = None,
+        namespace: str = "",
+        secret_headers: Iterable[str] = (),
+        passthrough_json: bool = False,
     ) -> None:
         self.app = app
         parsed = option("exception_map", "exception_map", exception_map or {})
@@ -94,6 +108,13 @@ class ErrorMiddleware:
         self._content_type = _PROBLEM if self._problem else _JSON
         self._limit: int = option("body_limit", "error_body_limit", body_limit)
         self._report_statuses = option("report_statuses", "sentry_status_codes", report_statuses)
+        budget = option("report_budget", "error_report_budget", report_budget)
+        self._gate = ReportGate(budget, registry, namespace)
+        self._secret_headers = normal_names(secret_headers)
+        self._passthrough_json = option(
+            "passthrough_json", "error_passthrough_json", passthrough_json
+        )
+        warm()
         self._log = structlog.get_logger("buttress.errors")
         self._too_big = LogThrottle(60.0)
         # Sentry transactions only when the app turned tracing on (init_sentry runs first).
@@ -110,18 +131,22 @@ class ErrorMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        if self._traced:
-            from buttress.sentry import run_traced
+        secrets = LOG_SECRETS.set(RequestSecrets(scope, self._secret_headers))
+        try:
+            if self._traced:
+                from buttress.sentry import run_traced
 
-            await run_traced(self._handle, scope, receive, send)
-        elif self._scopes is not None:
-            token = self._scopes.enter()
-            try:
+                await run_traced(self._handle, scope, receive, send)
+            elif self._scopes is not None:
+                token = self._scopes.enter()
+                try:
+                    await self._handle(scope, receive, send)
+                finally:
+                    self._scopes.leave(token)
+            else:
                 await self._handle(scope, receive, send)
-            finally:
-                self._scopes.leave(token)
-        else:
-            await self._handle(scope, receive, send)
+        finally:
+            LOG_SECRETS.reset(secrets)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         responder = _Responder(self, scope, send)
@@ -135,9 +160,19 @@ class ErrorMiddleware:
                 self._log_gone(responder.gone)
                 mark_logged(exc)
                 raise
+            if responder.answered is not None:
+                # Our answer to an exception the framework handed over is out; this one
+                # came after it (Starlette re-raises, or its handler for it failed).
+                if exc is not responder.answered:
+                    self._answer_late(scope, exc)
+                mark_logged(exc)
+                return
             if responder.started:
-                self._log_exception(exc, started=True)
-                self._report(scope, exc, 500, None)
+                held = self._admit(scope, exc)
+                if held is not None:
+                    self._log_exception(exc, started=True, suppressed=held)
+                    self._report(scope, exc, 500, None, held)
+                mark_logged(exc)  # the server's own traceback of it would be a duplicate
                 raise
             await self._answer_exception(scope, send, exc)
             return
@@ -150,20 +185,39 @@ class ErrorMiddleware:
         headers: Headers
         if known is None:
             status, detail, headers = 500, INTERNAL_ERROR_DETAIL, []
-            self._log_exception(exc, started=False)
-            self._report(scope, exc, 500, None)
+            held = self._admit(scope, exc)
+            if held is not None:
+                self._log_exception(exc, started=False, suppressed=held)
+                self._report(scope, exc, 500, None, held)
         else:
             status, detail, headers = known
-            self._report(scope, exc, status, detail)
+            if status in self._report_statuses:
+                held = self._admit(scope, exc)
+                if held is not None:
+                    self._report(scope, exc, status, detail, held)
         start, body = self._response(scope, status, detail, headers)
         await send(start)
         await send(body)
 
+    def _answer_late(self, scope: Scope, exc: Exception) -> None:
+        held = self._admit(scope, exc)
+        if held is not None:
+            self._log_exception(exc, started=False, suppressed=held)
+            self._report(scope, exc, 500, None, held)
+
     def _report_answered(self, scope: Scope, exc: Exception, status: int) -> None:
         """Report an exception the framework itself answered with a 4xx, when configured."""
         if status in self._report_statuses:
-            known = exception_status(exc, self.exception_map)
-            self._report(scope, exc, status, known[1] if known is not None else None)
+            held = self._admit(scope, exc)
+            if held is not None:
+                known = exception_status(exc, self.exception_map)
+                self._report(scope, exc, status, known[1] if known is not None else None, held)
+
+    def _admit(self, scope: Scope, exc: BaseException) -> int | None:
+        """How many reports of this error were held back before this one; None: hold it."""
+        from buttress._routes import resolve_route
+
+        return self._gate.admit(exc, lambda: resolve_route(scope, record_of(scope)))
 
     def _log_gone(self, error: OSError) -> None:
         self._log.info(
@@ -171,18 +225,20 @@ class ErrorMiddleware:
             error=f"{type(error).__name__}: {error}",
         )
 
-    def _log_exception(self, exc: BaseException, *, started: bool) -> None:
+    def _log_exception(self, exc: BaseException, *, started: bool, suppressed: int) -> None:
+        more = {"suppressed": suppressed} if suppressed else {}
         if started:
-            self._log.error("unhandled exception after the response started", exc_info=exc)
-            mark_logged(exc)  # the server's own traceback of it would be a duplicate
+            self._log.error("unhandled exception after the response started", exc_info=exc, **more)
         else:
-            self._log.error("unhandled exception", exc_info=exc, status=500)
+            self._log.error("unhandled exception", exc_info=exc, status=500, **more)
 
-    def _report(self, scope: Scope, exc: BaseException, status: int, detail: Any) -> None:
+    def _report(
+        self, scope: Scope, exc: BaseException, status: int, detail: Any, suppressed: int
+    ) -> None:
         if status in self._report_statuses:
             from buttress.sentry import report_exception
 
-            report_exception(exc, scope, status, detail)
+            report_exception(exc, scope, status, detail, suppressed=suppressed)
 
     # --- normalizing error responses ----------------------------------------------------
 
@@ -208,6 +264,8 @@ class ErrorMiddleware:
             except orjson.JSONDecodeError:
                 parsed = None
             else:
+                if self._passthrough_json:  # the app's own JSON error contract
+                    return self._passthrough(scope, start, raw_headers, body)
                 if isinstance(parsed, dict) and "detail" in parsed:
                     has_detail = True
                     detail = parsed["detail"]
@@ -217,7 +275,7 @@ class ErrorMiddleware:
                     detail = parsed
                     has_detail = True
         if not has_detail:
-            detail = _text_detail(content_type, body) or reason(status)
+            detail = text_detail(content_type, body) or reason(status)
         headers = [h for h in raw_headers if h[0].lower() not in _REPLACED]
         return self._response(scope, status, detail, headers)
 
@@ -235,22 +293,8 @@ class ErrorMiddleware:
     def _response(
         self, scope: Scope, status: int, detail: Any, headers: Iterable[tuple[bytes, bytes]]
     ) -> tuple[Message, Message]:
-        if self._problem:
-            payload: dict[str, Any] = {
-                "type": "about:blank",
-                "title": reason(status),
-                "status": status,
-                "detail": detail,
-                "instance": scope.get("root_path", "") + app_path(scope),
-            }
-        else:
-            payload = {"detail": detail}
-        try:
-            body = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS)
-        except (TypeError, orjson.JSONEncodeError):
-            # A detail that is not JSON (an object, bytes, a set): the contract still holds.
-            payload["detail"] = _jsonable(detail, reason(status))
-            body = orjson.dumps(payload, option=orjson.OPT_NON_STR_KEYS, default=str)
+        instance = scope.get("root_path", "") + app_path(scope)
+        body = error_body(status, detail, self._problem, instance)
         out: Headers = [
             (b"content-type", self._content_type),
             (b"content-length", str(len(body)).encode("ascii")),
@@ -277,15 +321,13 @@ class ErrorMiddleware:
 class _Responder:
     """The error layer's view of one response (state of one request, never on the layer).
 
-    # Strategy: only error responses are held. A 1xx-3xx response start is forwarded at
-    # once and its body flows chunk by chunk. A 4xx/5xx is held until its body is complete
-    # (up to ``body_limit``; past it, the held part is flushed and the rest flows), then
-    # normalized. A complete 4xx is sent at once; a complete 5xx waits for the app to
-    # return (see the module docstring), unless the framework handed over the exception.
+    See the module's strategy: only error responses are held, a complete 5xx waits for the
+    app to return unless the framework handed its exception over.
     """
 
     __slots__ = (
         "_send",
+        "answered",
         "gone",
         "held",
         "held_size",
@@ -308,6 +350,7 @@ class _Responder:
         self.held_size = 0
         self.pending: tuple[Message, Message] | None = None  # a complete 5xx, sent on return
         self.gone: OSError | None = None  # what the server's send raised, if it did
+        self.answered: Exception | None = None  # the handed-over exception we answered
 
     async def send(self, message: Message) -> None:
         try:
@@ -330,8 +373,8 @@ class _Responder:
         if message["type"] == "http.response.start":
             status = message["status"]
             if status >= 400 and not message.get("trailers"):
-                length = _content_length(message.get("headers"))
-                if length is None or length <= self.layer._limit:
+                length = content_length(message.get("headers"))
+                if length is None or length <= self.layer._limit or self._handed_over(status):
                     self.mode = _HOLD
                     self.start = message
                     return
@@ -347,7 +390,9 @@ class _Responder:
         self.held.append(body)
         self.held_size += len(body)
         if message.get("more_body", False):
-            if self.held_size > layer._limit:
+            if self._handed_over(start["status"]):  # its page is dropped, however long
+                self.held, self.held_size = [], 0
+            elif self.held_size > layer._limit:
                 layer._warn_too_big(self.scope, start["status"], self.held_size)
                 self.mode = _PASS
                 self.started = True
@@ -355,8 +400,13 @@ class _Responder:
                 await self._send({**message, "body": b"".join(self.held)})
             return
         self.mode = _DONE
-        response = layer._normalize(self.scope, start, b"".join(self.held))
         swallowed = self.scope.get(EXCEPTION_KEY)
+        if start["status"] >= 500 and isinstance(swallowed, Exception):  # handed over
+            self.started = True
+            self.answered = swallowed
+            await layer._answer_exception(self.scope, self._send, swallowed)
+            return
+        response = layer._normalize(self.scope, start, b"".join(self.held))
         if start["status"] < 500:
             self.started = True
             if isinstance(swallowed, Exception):  # an HTTP exception it answered
@@ -364,11 +414,11 @@ class _Responder:
             await self._send(response[0])
             await self._send(response[1])
             return
-        if isinstance(swallowed, Exception):
-            self.started = True
-            await layer._answer_exception(self.scope, self._send, swallowed)
-            return
         self.pending = response
+
+    def _handed_over(self, status: int) -> bool:
+        """A 5xx page for an exception the framework handed over: answered as that exception."""
+        return status >= 500 and isinstance(self.scope.get(EXCEPTION_KEY), Exception)
 
     async def finish(self) -> None:
         """The app returned: send a held 5xx, or what a half-sent error response had."""
@@ -391,39 +441,3 @@ def _sentry_tracing() -> bool:
     from buttress.sentry import tracing_enabled
 
     return tracing_enabled()
-
-
-def _jsonable(detail: Any, fallback: str) -> Any:
-    """A detail orjson refused, as JSON: text kept as text, anything else as its reason."""
-    if isinstance(detail, bytes):
-        return detail.decode("utf-8", "replace")
-    if isinstance(detail, (set, frozenset, tuple)):
-        return [str(item) for item in detail]
-    return fallback
-
-
-def _content_length(headers: Iterable[tuple[bytes, bytes]] | None) -> int | None:
-    for key, value in headers or ():
-        if key.lower() == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
-def _text_detail(content_type: bytes, body: bytes) -> str | None:
-    """Short plain text is kept as the detail; HTML, binary or long text is not."""
-    if not body or b"html" in content_type or b"xml" in content_type:
-        return None
-    if content_type and not content_type.startswith(b"text/plain"):
-        return None
-    try:
-        text = body.decode("utf-8").strip()
-    except UnicodeDecodeError:
-        return None
-    if not text or len(text) > _TEXT_DETAIL_MAX or text.startswith("<"):
-        return None
-    if not text.replace("\n", " ").replace("\t", " ").isprintable():
-        return None
-    return text

@@ -15,6 +15,7 @@ import datetime
 import json
 import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -22,13 +23,15 @@ from typing import Any, TextIO
 
 import orjson
 import structlog
-from structlog.dev import ConsoleRenderer, RichTracebackFormatter
+from structlog.dev import ConsoleRenderer
 from structlog.processors import ExceptionRenderer
 from structlog.tracebacks import ExceptionDictTransformer
 from structlog.typing import EventDict, Processor, WrappedLogger
 
 from buttress._asgi import Scope
+from buttress._logtakeover import LOGGED_MARK, take_over, text_traceback
 from buttress._request import RequestRecord
+from buttress._scrub import scrub_log_event
 from buttress.config import option
 
 __all__ = ["AccessLogger", "LogThrottle", "configure_logging"]
@@ -43,6 +46,28 @@ class _NamedWriteLogger(structlog.WriteLogger):
     def __init__(self, file: TextIO, name: str | None) -> None:
         super().__init__(file)
         self.name = name
+
+    def msg(self, message: str) -> None:
+        if message:  # "": the event is being rendered off the event loop (devmode)
+            super().msg(message)
+
+    log = debug = info = warn = warning = fatal = failure = err = error = critical = exception = msg
+
+
+class _Handler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The root handler; like its writer above, it skips an event rendered elsewhere."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            if text:
+                with self.lock:  # type: ignore[union-attr]
+                    self.stream.write(text + self.terminator)
+                    self.stream.flush()
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 class _LoggerFactory:
@@ -68,21 +93,49 @@ def _add_logger_name(logger: WrappedLogger, method_name: str, event_dict: EventD
 
 
 def _drop_message(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
-    """A record's formatted ``message`` (and uvicorn's ``color_message``) repeat its ``event``."""
+    """A record's ``message`` (and uvicorn's ``color_message``) repeat its ``event``.
+
+    ``asctime`` is what another formatter (hypercorn's) left on a record it formatted first.
+    """
     event_dict.pop("message", None)
     event_dict.pop("color_message", None)
+    event_dict.pop("asctime", None)
+    event = event_dict.get("event")
+    if isinstance(event, str) and event.endswith("\n"):  # uvicorn's "Exception in ASGI..."
+        event_dict["event"] = event.rstrip()
     return event_dict
+
+
+# Characters valid in JSON that still break a log line: C1 controls (U+0085 is a newline to
+# some viewers), the line and paragraph separators, and the bidi marks and overrides that
+# make a line read differently than it is stored (U+202E).
+_UNSAFE = [*range(0x80, 0xA0), 0x061C, 0x200E, 0x200F, 0x2028, 0x2029]
+_UNSAFE += [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+_UNSAFE_TEXT = re.compile("[" + "".join(chr(c) for c in _UNSAFE) + "]")
+_UNSAFE_UTF8 = re.compile(b"|".join(re.escape(chr(c).encode()) for c in _UNSAFE))
+
+
+def _json_escape(match: re.Match[str]) -> str:
+    return f"\\u{ord(match.group()):04x}"
+
+
+def _json_escape_utf8(match: re.Match[bytes]) -> bytes:
+    return f"\\u{ord(match.group().decode()):04x}".encode()
 
 
 def _dumps(obj: Any, **_: Any) -> str:
     """JSON with orjson; text orjson refuses (lone surrogates) falls back to escaped stdlib JSON."""
     try:
-        return orjson.dumps(obj, default=repr).decode()
+        text = orjson.dumps(obj, default=repr).decode()
     except (TypeError, orjson.JSONEncodeError):
         return json.dumps(obj, default=repr, ensure_ascii=True)
+    if not text.isascii():  # the unsafe characters occur only inside JSON strings
+        text = _UNSAFE_TEXT.sub(_json_escape, text)
+    return text
 
 
-_CONTROL = {c: f"\\x{c:02x}" for c in range(32)} | {127: "\\x7f"}
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(32), 127, *range(0x80, 0xA0))}
+_CONTROL |= {c: f"\\u{c:04x}" for c in _UNSAFE if c >= 0xA0}
 
 
 def _escape_controls(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
@@ -99,19 +152,40 @@ def _shared_processors() -> list[Processor]:
         structlog.processors.add_log_level,
         _add_logger_name,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
+        scrub_log_event,  # the request's credentials never reach a line (buttress._scrub)
     ]
 
 
-def _renderer_chain(log_format: str, show_locals: bool) -> list[Processor]:
+def _renderer_chain(
+    log_format: str, show_locals: bool, *, colors: bool = False, stream: TextIO | None = None
+) -> list[Processor]:
     if log_format == "json":
         # Locals never reach a JSON log: production output is shipped and kept.
         dict_tb = ExceptionRenderer(ExceptionDictTransformer(show_locals=False))
         return [dict_tb, structlog.processors.JSONRenderer(serializer=_dumps)]
-    formatter = RichTracebackFormatter(show_locals=show_locals, width=120, color_system="truecolor")
+    from buttress.devmode import DevTraceback, OffLoopRenderer
+
+    formatter = DevTraceback(show_locals=show_locals, colors=colors)
+    renderer = ConsoleRenderer(colors=colors, exception_formatter=formatter)
     return [
         _escape_controls,
-        ConsoleRenderer(colors=True, exception_formatter=formatter),
+        OffLoopRenderer(renderer, stream if stream is not None else sys.stdout),
     ]
+
+
+def _colors(stream: TextIO) -> bool:
+    """Colour on a terminal; ``NO_COLOR`` and ``FORCE_COLOR`` (no-color.org) decide first.
+
+    These are the terminal's conventions (rich reads them too), not buttress settings.
+    """
+    if os.environ.get("NO_COLOR"):
+        return False
+    if os.environ.get("FORCE_COLOR"):
+        return True
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, OSError, ValueError):
+        return False
 
 
 def configure_logging(
@@ -124,16 +198,19 @@ def configure_logging(
     """Send structlog and standard-library logging to ``stream`` (stdout) in one format.
 
     ``log_format`` is ``"json"`` (one JSON object per line, for production) or
-    ``"console"`` (coloured, with rich tracebacks; ``show_locals`` adds their local
-    variables, for development only: locals never reach JSON output). Calling it again
-    replaces the previous set-up; it never adds a second handler.
+    ``"console"`` (coloured on a terminal, with short rich tracebacks of the app's own
+    frames; ``show_locals`` adds their local variables, for development only: locals never
+    reach JSON output). Calling it again replaces the previous set-up; it never adds a
+    second handler. The servers' and frameworks' own console handlers (uvicorn, hypercorn,
+    granian, Django, Litestar), a ``basicConfig`` or loguru handler on the root logger,
+    and ``warnings.warn`` are routed through it, so each line is written once.
     """
     level_name = option("level", "log_level", level)
     log_format = option("log_format", "log_format", log_format) or "json"
     out = stream if stream is not None else sys.stdout
     level_no = getattr(logging, level_name)
     shared = _shared_processors()
-    render = _renderer_chain(log_format, show_locals)
+    render = _renderer_chain(log_format, show_locals, colors=_colors(out), stream=out)
     structlog.configure(
         processors=[*shared, *render],
         wrapper_class=structlog.make_filtering_bound_logger(level_no),
@@ -142,10 +219,15 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=[*shared, structlog.stdlib.ExtraAdder(), _drop_message],
+        foreign_pre_chain=[
+            *shared,
+            structlog.stdlib.ExtraAdder(),
+            _drop_message,
+            text_traceback(structured=log_format == "json"),
+        ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, *render],
     )
-    handler = logging.StreamHandler(out)
+    handler = _Handler(out)
     handler.setFormatter(formatter)
     setattr(handler, _HANDLER_MARK, True)
     root = logging.getLogger()
@@ -153,38 +235,23 @@ def configure_logging(
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level_no)
-    # uvicorn installs its own handlers; route its records through ours instead, and
-    # silence its access log: buttress writes one access line per request itself.
-    for name in ("uvicorn", "uvicorn.error"):
-        lg = logging.getLogger(name)
-        lg.handlers.clear()
-        lg.propagate = True
-    server_errors = logging.getLogger("uvicorn.error")
-    if not any(isinstance(f, _DropLoggedByButtress) for f in server_errors.filters):
-        server_errors.addFilter(_DropLoggedByButtress())
-    access = logging.getLogger("uvicorn.access")
-    access.handlers.clear()
-    access.propagate = False
-
-
-#: Set on an exception buttress has already logged (or knows is a client disconnect), so
-#: the server's own "Exception in ASGI application" traceback of it is not a duplicate.
-LOGGED_MARK = "__buttress_logged__"
+    removed = take_over(handler)
+    if removed:
+        structlog.get_logger("buttress").warning(
+            "replaced_root_handlers",
+            handlers=removed,
+            message=(
+                "configure_logging removed root handlers that printed every standard-library "
+                "record a second time; set BUTTRESS_CONFIGURE_LOGGING=false (or "
+                "wrap(app, configure_logging=False)) to keep your own logging set-up."
+            ),
+        )
 
 
 def mark_logged(exc: BaseException) -> None:
     """Mark ``exc`` as logged by buttress (see ``LOGGED_MARK``)."""
     with contextlib.suppress(AttributeError, TypeError):  # an exception type with __slots__
         setattr(exc, LOGGED_MARK, True)
-
-
-class _DropLoggedByButtress(logging.Filter):
-    """Drops a server's traceback record of an exception buttress already logged once."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        exc_info = record.exc_info
-        exc = exc_info[1] if exc_info else None
-        return not (exc is not None and getattr(exc, LOGGED_MARK, False))
 
 
 class AccessLogger:
@@ -273,6 +340,8 @@ class _DirectWriter:
             line = orjson.dumps(event, default=repr, option=orjson.OPT_APPEND_NEWLINE)
         except (TypeError, orjson.JSONEncodeError):
             line = (json.dumps(event, default=repr, ensure_ascii=True) + "\n").encode()
+        if not line.isascii():
+            line = _UNSAFE_UTF8.sub(_json_escape_utf8, line)
         fd = self._fd
         if fd is not None:
             written = os.write(fd, line)

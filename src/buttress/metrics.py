@@ -26,12 +26,13 @@ from __future__ import annotations
 import re
 import time
 from bisect import bisect_left
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
 from buttress._asgi import ASGIApp, Message, Receive, Scope, Send
+from buttress._paths import RouteTable
 from buttress._registry import (
     make_registry,
     multiprocess_enabled,
@@ -43,13 +44,16 @@ from buttress._request import RECORD_KEY, RequestRecord
 from buttress._routes import OTHER, UNMATCHED, resolve_route
 from buttress.config import DEFAULT_BUCKETS, option
 from buttress.metrics_endpoint import MetricsEndpoint, prepare_multiprocess_dir
+from buttress.metrics_labels import ExtraLabels, Source, exemplar_of
 from buttress.metrics_store import (
     DURATION_HELP,
     METHODS,
     PROGRESS_HELP,
+    REQUEST_SIZE_HELP,
     REQUESTS_HELP,
     SIZE_BUCKETS,
     SIZE_HELP,
+    Shape,
     store_for,
 )
 
@@ -63,12 +67,13 @@ class _Cell:
     prometheus-client's pre-bound label children.
     """
 
-    __slots__ = ("count", "duration", "size")
+    __slots__ = ("count", "duration", "request_size", "size")
 
-    def __init__(self, count: Any, duration: Any, size: Any) -> None:
+    def __init__(self, count: Any, duration: Any, size: Any, request_size: Any = None) -> None:
         self.count = count
         self.duration = duration
         self.size = size
+        self.request_size = request_size
 
 
 class _OwnResponder:
@@ -90,6 +95,7 @@ class _OwnResponder:
                 record.end = time.perf_counter()
         elif kind == "http.response.start":
             record.status = message["status"]
+            record.response_headers = message.get("headers")
             try:
                 await self._send(message)
             except OSError:
@@ -100,7 +106,10 @@ class _OwnResponder:
 
     async def receive(self) -> Message:
         message = await self._receive()
-        if message["type"] == "http.disconnect":
+        kind = message["type"]
+        if kind == "http.request":
+            self.record.received += len(message.get("body", b""))
+        elif kind == "http.disconnect":
             self.record.disconnected = True
         return message
 
@@ -113,6 +122,14 @@ class MetricsMiddleware:
     encoding runs off the event loop (see ``metrics_endpoint``). ``websocket`` and
     ``lifespan`` scopes pass through uncounted. ``registry`` defaults to a fresh one per
     instance (``make_registry()``), so stacks never collide.
+
+    Options beyond the defaults: ``skip_paths`` (patterns like ``/health/{probe}``) and
+    ``skip_methods`` are not counted; ``extra_labels`` adds bounded labels from a request
+    header (``"request:X-Tenant"``), a response header (``"response:X-Cache"``) or a
+    callable of ``(scope, record)``; ``duration_status`` puts ``status`` on the
+    histograms; ``request_size`` adds ``http_request_size_bytes``; ``exemplar`` is a
+    callable of the record giving exemplar labels (the trace id by default), set on the
+    counter and the duration histogram.
     """
 
     def __init__(
@@ -127,6 +144,13 @@ class MetricsMiddleware:
         max_routes: int = 1000,
         path_groups: Mapping[str, str] | str | None = None,
         group_status: bool = False,
+        skip_paths: Iterable[str] | str = (),
+        skip_methods: Iterable[str] | str = (),
+        extra_labels: Mapping[str, Source] | str | None = None,
+        max_label_values: int = 50,
+        duration_status: bool = False,
+        request_size: bool = False,
+        exemplar: Callable[[RequestRecord], dict[str, str] | None] | None = exemplar_of,
     ) -> None:
         self.app = app
         self.namespace = ns = option("namespace", "metrics_namespace", namespace)
@@ -140,30 +164,37 @@ class MetricsMiddleware:
         self._groups = tuple((re.compile(p), t) for p, t in groups.items())
         self._group_status = option("group_status", "metrics_group_status", group_status)
         chosen = option("buckets", "metrics_buckets", buckets)
+        skipped = option("skip_paths", "metrics_skip_paths", skip_paths)
+        self._skip = RouteTable((p, True) for p in skipped)
+        self._skip_methods = frozenset(option("skip_methods", "metrics_skip_methods", skip_methods))
+        labels = option("extra_labels", "metrics_extra_labels", extra_labels or {})
+        self._extra = ExtraLabels(labels, max_label_values)
+        self._duration_status = option(
+            "duration_status", "metrics_duration_status", duration_status
+        )
+        self._request_size = option("request_size", "metrics_request_size", request_size)
+        self._exemplar = exemplar
         self._fast = not multiprocess_enabled()
         self._methods = frozenset(METHODS)
         self._routes: set[str] = {UNMATCHED, OTHER}
-        self._cells: dict[tuple[str, str, int], _Cell] = {}
+        self._cells: dict[tuple[Any, ...], _Cell] = {}
         self._statuses: dict[int, str] = {}
+        shape = Shape(self._extra.names, self._duration_status, self._request_size)
 
         reg = self.registry
         if self._fast:
-            store = self._store = store_for(reg, ns, chosen)
+            store = self._store = store_for(reg, ns, chosen, shape)
             self._progress = store.progress
             self._duration_bounds = store.duration_bounds
             self._size_bounds = store.size_bounds
             return
         self._requests = shared_counter(
-            "http_requests_total",
-            REQUESTS_HELP,
-            ("method", "route", "status"),
-            registry=reg,
-            namespace=ns,
+            "http_requests_total", REQUESTS_HELP, shape.counter, registry=reg, namespace=ns
         )
         self._duration = shared_histogram(
             "http_request_duration_seconds",
             DURATION_HELP,
-            ("method", "route"),
+            shape.histogram,
             registry=reg,
             namespace=ns,
             buckets=chosen,
@@ -174,10 +205,22 @@ class MetricsMiddleware:
         self._size = shared_histogram(
             "http_response_size_bytes",
             SIZE_HELP,
-            ("method", "route"),
+            shape.histogram,
             registry=reg,
             namespace=ns,
             buckets=SIZE_BUCKETS,
+        )
+        self._request_sizes = (
+            shared_histogram(
+                "http_request_size_bytes",
+                REQUEST_SIZE_HELP,
+                shape.histogram,
+                registry=reg,
+                namespace=ns,
+                buckets=SIZE_BUCKETS,
+            )
+            if self._request_size
+            else None
         )
         self._in_progress = {m: in_progress.labels(m) for m in (*METHODS, "OTHER")}
 
@@ -199,8 +242,10 @@ class MetricsMiddleware:
         if self._path and record.path == self._path:
             await self.endpoint(scope, send)
             return
-
         method = record.method
+        if (self._skip and self._skip.match(method, scope)) or method in self._skip_methods:
+            await self.app(scope, receive, send)
+            return
         if method not in self._methods:
             method = "OTHER"
         fast = self._fast
@@ -237,26 +282,36 @@ class MetricsMiddleware:
                 route = OTHER
             else:
                 routes.add(route)
-        cell = self._cells.get((method, route, status))
+        extra = self._extra.values(scope, record) if self._extra else ()
+        key = (method, route, status, *extra) if extra else (method, route, status)
+        cell = self._cells.get(key)
         if cell is None:
-            cell = self._bind(method, route, status)
+            cell = self._bind(method, route, status, extra)
+        exemplar = self._exemplar(record) if self._exemplar is not None else None
         if not self._fast:
-            _observe(cell, duration, record.sent, record.trace_id)
+            _observe(cell, duration, record, exemplar)
             return
-        cell.count.value += 1
+        count = cell.count
+        count.value += 1
         histogram = cell.duration
         i = bisect_left(self._duration_bounds, duration)
         histogram.buckets[i] += 1
         histogram.sum += duration
-        trace_id = record.trace_id
-        if trace_id is not None:
-            histogram.exemplars[i] = (trace_id, duration, time.time())
+        if exemplar is not None:
+            now = time.time()
+            histogram.exemplars[i] = (exemplar, duration, now)
+            count.exemplar = (exemplar, 1.0, now)
         histogram = cell.size
         size = record.sent
         histogram.buckets[bisect_left(self._size_bounds, size)] += 1
         histogram.sum += size
+        histogram = cell.request_size
+        if histogram is not None:
+            size = record.received
+            histogram.buckets[bisect_left(self._size_bounds, size)] += 1
+            histogram.sum += size
 
-    def _bind(self, method: str, route: str, status: int) -> _Cell:
+    def _bind(self, method: str, route: str, status: int, extra: tuple[str, ...]) -> _Cell:
         label = self._statuses.get(status)
         if label is None:
             if self._group_status:
@@ -264,24 +319,33 @@ class MetricsMiddleware:
             else:
                 label = str(status) if 100 <= status <= 999 else "other"
             self._statuses[status] = label
+        counter = (method, route, label, *extra)
+        hist = (method, route, label, *extra) if self._duration_status else (method, route, *extra)
         if self._fast:
             store = self._store
-            cell = _Cell(store.count(method, route, label), *store.histograms(method, route))
+            cell = _Cell(store.count(counter), *store.histograms(hist))
         else:
             cell = _Cell(
-                self._requests.labels(method, route, label),
-                self._duration.labels(method, route),
-                self._size.labels(method, route),
+                self._requests.labels(*counter),
+                self._duration.labels(*hist),
+                self._size.labels(*hist),
+                self._request_sizes.labels(*hist) if self._request_sizes is not None else None,
             )
-        self._cells[(method, route, status)] = cell
+        key = (method, route, status, *extra)
+        self._cells[key] = cell
         return cell
 
 
-def _observe(cell: _Cell, duration: float, size: int, trace_id: str | None) -> None:
+def _observe(
+    cell: _Cell, duration: float, record: RequestRecord, exemplar: dict[str, str] | None
+) -> None:
     """Many workers: prometheus-client's children write to the workers' files."""
-    cell.count.inc()
-    if trace_id is not None:
-        cell.duration.observe(duration, {"trace_id": trace_id})
+    if exemplar is not None:
+        cell.count.inc(exemplar=exemplar)
+        cell.duration.observe(duration, exemplar)
     else:
+        cell.count.inc()
         cell.duration.observe(duration)
-    cell.size.observe(size)
+    cell.size.observe(record.sent)
+    if cell.request_size is not None:
+        cell.request_size.observe(record.received)

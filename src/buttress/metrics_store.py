@@ -31,7 +31,7 @@ from buttress._registry import shared_value
 if TYPE_CHECKING:
     from prometheus_client.metrics_core import Metric
 
-__all__ = ["METHODS", "SIZE_BUCKETS", "Store", "store_for"]
+__all__ = ["METHODS", "SIZE_BUCKETS", "Shape", "Store", "store_for"]
 
 METHODS = ("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT")
 SIZE_BUCKETS = (100.0, 1_000.0, 10_000.0, 100_000.0, 1_000_000.0, 10_000_000.0)
@@ -40,16 +40,19 @@ REQUESTS_HELP = "HTTP requests by method, route template and final status."
 DURATION_HELP = "Time from the request reaching this layer to the last byte of the response."
 PROGRESS_HELP = "HTTP requests being served."
 SIZE_HELP = "Bytes of response body sent."
+REQUEST_SIZE_HELP = "Bytes of request body received."
 
 
 class _Count:
     """One ``http_requests_total`` series: a plain number, updated on the loop thread."""
 
-    __slots__ = ("created", "value")
+    __slots__ = ("created", "exemplar", "value")
 
     def __init__(self) -> None:
         self.value = 0
         self.created = time.time()
+        #: The last ``(labels, value, unix time)`` exemplar, if any.
+        self.exemplar: tuple[dict[str, str], float, float] | None = None
 
 
 class _Histogram:
@@ -60,8 +63,8 @@ class _Histogram:
     def __init__(self, size: int) -> None:
         self.buckets = [0] * size
         self.sum = 0.0
-        #: The last ``(trace_id, value, unix time)`` observed into each bucket, if any.
-        self.exemplars: list[tuple[str, float, float] | None] = [None] * size
+        #: The last ``(labels, value, unix time)`` observed into each bucket, if any.
+        self.exemplars: list[tuple[dict[str, str], float, float] | None] = [None] * size
         self.created = time.time()
 
 
@@ -88,51 +91,85 @@ def _use_created() -> bool:
     return bool(metrics._use_created)
 
 
-class Store:
-    """The four request metrics of one registry and namespace, as plain Python values."""
+class Shape:
+    """The label names of the request metrics (the same for the store and prometheus-client).
 
-    def __init__(self, namespace: str, buckets: Sequence[float]) -> None:
+    ``extra`` labels (from headers or a callable) follow the standard ones; ``status`` is on
+    the histograms too when ``duration_status``; ``request_size`` adds a histogram.
+    """
+
+    __slots__ = ("counter", "extra", "histogram", "request_size")
+
+    def __init__(
+        self, extra: Sequence[str] = (), duration_status: bool = False, request_size: bool = False
+    ) -> None:
+        self.extra = tuple(extra)
+        self.counter = ("method", "route", "status", *self.extra)
+        base = ("method", "route", "status") if duration_status else ("method", "route")
+        self.histogram = (*base, *self.extra)
+        self.request_size = request_size
+
+    def key(self) -> tuple[object, ...]:
+        return (self.counter, self.histogram, self.request_size)
+
+
+class Store:
+    """The request metrics of one registry and namespace, as plain Python values."""
+
+    def __init__(self, namespace: str, buckets: Sequence[float], shape: Shape) -> None:
         prefix = f"{namespace}_" if namespace else ""
+        self.shape = shape
         self.requests_name = prefix + "http_requests_total"
         self.duration_name = prefix + "http_request_duration_seconds"
         self.progress_name = prefix + "http_requests_in_progress"
         self.size_name = prefix + "http_response_size_bytes"
+        self.request_size_name = prefix + "http_request_size_bytes"
         self.duration_bounds = _bounds(buckets)
         self.size_bounds = _bounds(SIZE_BUCKETS)
         self.progress = dict.fromkeys((*METHODS, "OTHER"), 0)
-        self.counts: dict[tuple[str, str, str], _Count] = {}
-        self.durations: dict[tuple[str, str], _Histogram] = {}
-        self.sizes: dict[tuple[str, str], _Histogram] = {}
+        self.counts: dict[tuple[str, ...], _Count] = {}
+        self.durations: dict[tuple[str, ...], _Histogram] = {}
+        self.sizes: dict[tuple[str, ...], _Histogram] = {}
+        self.request_sizes: dict[tuple[str, ...], _Histogram] = {}
 
-    def count(self, method: str, route: str, status: str) -> _Count:
-        key = (method, route, status)
-        found = self.counts.get(key)
+    def count(self, labels: tuple[str, ...]) -> _Count:
+        found = self.counts.get(labels)
         if found is None:
-            found = self.counts[key] = _Count()
+            found = self.counts[labels] = _Count()
         return found
 
-    def histograms(self, method: str, route: str) -> tuple[_Histogram, _Histogram]:
-        key = (method, route)
-        duration = self.durations.get(key)
+    def histograms(
+        self, labels: tuple[str, ...]
+    ) -> tuple[_Histogram, _Histogram, _Histogram | None]:
+        duration = self.durations.get(labels)
         if duration is None:
-            duration = self.durations[key] = _Histogram(len(self.duration_bounds))
-            self.sizes[key] = _Histogram(len(self.size_bounds))
-        return duration, self.sizes[key]
+            duration = self.durations[labels] = _Histogram(len(self.duration_bounds))
+            self.sizes[labels] = _Histogram(len(self.size_bounds))
+            if self.shape.request_size:
+                self.request_sizes[labels] = _Histogram(len(self.size_bounds))
+        return duration, self.sizes[labels], self.request_sizes.get(labels)
 
-    def _families(self) -> tuple[Metric, Metric, Metric, Metric]:
+    def _families(self) -> list[Metric]:
         from prometheus_client.core import (
             CounterMetricFamily,
             GaugeMetricFamily,
             HistogramMetricFamily,
         )
 
-        route = ("method", "route")
-        return (
-            CounterMetricFamily(self.requests_name, REQUESTS_HELP, labels=(*route, "status")),
-            HistogramMetricFamily(self.duration_name, DURATION_HELP, labels=route),
+        shape = self.shape
+        families: list[Metric] = [
+            CounterMetricFamily(self.requests_name, REQUESTS_HELP, labels=shape.counter),
+            HistogramMetricFamily(self.duration_name, DURATION_HELP, labels=shape.histogram),
             GaugeMetricFamily(self.progress_name, PROGRESS_HELP, labels=("method",)),
-            HistogramMetricFamily(self.size_name, SIZE_HELP, labels=route),
-        )
+            HistogramMetricFamily(self.size_name, SIZE_HELP, labels=shape.histogram),
+        ]
+        if shape.request_size:
+            families.append(
+                HistogramMetricFamily(
+                    self.request_size_name, REQUEST_SIZE_HELP, labels=shape.histogram
+                )
+            )
+        return families
 
     def describe(self) -> Iterator[Metric]:
         """The families without samples, so a registry can refuse a clashing name."""
@@ -140,29 +177,39 @@ class Store:
 
     def collect(self) -> Iterator[Metric]:
         """The current values, as prometheus-client's own metrics would expose them."""
-        from prometheus_client.samples import Sample
+        from prometheus_client.samples import Exemplar, Sample
 
         created = _use_created()
-        requests, duration, progress, size = self._families()
+        families = self._families()
+        requests, duration, progress, size = families[:4]
         samples = requests.samples
         total, made = requests.name + "_total", requests.name + "_created"
-        for (method, route, status), count in list(self.counts.items()):
-            labels = {"method": method, "route": route, "status": status}
-            samples.append(Sample(total, labels, float(count.value), None, None))
+        names = self.shape.counter
+        for values, count in list(self.counts.items()):
+            labels = dict(zip(names, values, strict=True))
+            mark = count.exemplar
+            exemplar = Exemplar(mark[0], mark[1], mark[2]) if mark is not None else None
+            samples.append(Sample(total, labels, float(count.value), None, exemplar))
             if created:
                 samples.append(Sample(made, labels, count.created, None, None))
-        self._histogram_samples(duration, self.durations, self.duration_bounds, created)
+        hist = self.shape.histogram
+        self._histogram_samples(duration, hist, self.durations, self.duration_bounds, created)
         for method, value in list(self.progress.items()):
             progress.samples.append(
                 Sample(progress.name, {"method": method}, float(value), None, None)
             )
-        self._histogram_samples(size, self.sizes, self.size_bounds, created)
-        return iter((requests, duration, progress, size))
+        self._histogram_samples(size, hist, self.sizes, self.size_bounds, created)
+        if len(families) > 4:
+            self._histogram_samples(
+                families[4], hist, self.request_sizes, self.size_bounds, created
+            )
+        return iter(families)
 
     @staticmethod
     def _histogram_samples(
         family: Metric,
-        series: dict[tuple[str, str], _Histogram],
+        names: tuple[str, ...],
+        series: dict[tuple[str, ...], _Histogram],
         bounds: list[float],
         created: bool,
     ) -> None:
@@ -171,8 +218,8 @@ class Store:
 
         name, samples = family.name, family.samples
         les = [floatToGoString(b) for b in bounds]  # type: ignore[no-untyped-call]
-        for (method, route), histogram in list(series.items()):
-            labels = {"method": method, "route": route}
+        for values, histogram in list(series.items()):
+            labels = dict(zip(names, values, strict=True))
             exemplars = list(histogram.exemplars)
             acc = 0.0
             for i, count in enumerate(list(histogram.buckets)):
@@ -180,7 +227,7 @@ class Store:
                 mark = exemplars[i]
                 exemplar = None
                 if mark is not None:
-                    exemplar = Exemplar({"trace_id": mark[0]}, mark[1], mark[2])
+                    exemplar = Exemplar(mark[0], mark[1], mark[2])
                 bucket = {**labels, "le": les[i]}
                 samples.append(Sample(name + "_bucket", bucket, acc, None, exemplar))
             samples.append(Sample(name + "_count", labels, acc, None, None))
@@ -190,17 +237,25 @@ class Store:
                 samples.append(Sample(name + "_created", labels, histogram.created, None, None))
 
 
-def store_for(registry: CollectorRegistry, namespace: str, buckets: Sequence[float]) -> Store:
+def store_for(
+    registry: CollectorRegistry, namespace: str, buckets: Sequence[float], shape: Shape
+) -> Store:
     """The one ``Store`` of ``registry`` and ``namespace``, registered on first use.
 
     Stacks built on one registry share it (so they add up, as prometheus-client's metrics
-    would); the first one's buckets win, as with ``shared_histogram``.
+    would); the first one's buckets win, as with ``shared_histogram``. Stacks that share a
+    registry must agree on the label shape.
     """
 
     def make() -> Store:
-        store = Store(namespace, buckets)
+        store = Store(namespace, buckets, shape)
         registry.register(store)
         return store
 
     found: Store = shared_value(registry, f"\0store:{namespace}", make)
+    if found.shape.key() != shape.key():
+        raise ValueError(
+            f"another metrics layer on this registry (namespace {namespace!r}) uses other "
+            "labels; give this stack its own registry or the same metrics options."
+        )
     return found

@@ -8,14 +8,15 @@ matches, else to the default limit; a route with its own limit is *not* also cha
 default unless ``charge_default=True``. With a header key, ``ip_limit`` charges the
 client IP too, so inventing keys does not escape limiting.
 
-Rejections and outages are logged through ``LogThrottle``: an attack never turns into one
-log line per request. Storages and outages: see ``ratelimit_storage``.
+Per route, a limit may be shared by a group of routes (one budget), cost more than one
+hit, count only failures (login throttling) or successes, or depend on the client key
+(a callable: paid users get more). Rejections and outages are logged through
+``LogThrottle``: an attack never turns into one log line per request. Storages and
+outages: see ``ratelimit_storage``; the counting itself: ``ratelimit_decide``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
@@ -28,17 +29,9 @@ from buttress._registry import shared_counter
 from buttress._request import RATELIMIT_KEY, ROUTE_KEY
 from buttress.config import IPNetwork, option
 from buttress.logs import LogThrottle
-from buttress.ratelimit_memory import MemoryStore
-from buttress.ratelimit_rules import (
-    ClientKeys,
-    Limit,
-    RouteTable,
-    Rule,
-    parse_limits,
-    rules_from,
-)
+from buttress.ratelimit_decide import Decider
+from buttress.ratelimit_rules import ClientKeys, Limit, RouteTable, Rule, parse_limits, rules_from
 from buttress.ratelimit_storage import (
-    Limiter,
     StorageDown,
     close_storage,
     storage_for,
@@ -48,7 +41,7 @@ from buttress.ratelimit_storage import (
 __all__ = ["RateLimitMiddleware", "Rejection", "warn_if_memory_with_workers"]
 
 KeyFunc = Callable[[Scope], "str | Awaitable[str | None] | None"]
-Plan = tuple[tuple[Rule, Limit, dict[str, Any], int], ...]
+LimitSpec = str | Callable[[str], str]
 
 _UNAVAILABLE_BODY: Final = b'{"detail":"Rate limiter unavailable"}'
 _log = structlog.get_logger("buttress.ratelimit")
@@ -68,16 +61,18 @@ class Rejection:
 class RateLimitMiddleware:
     """Answers 429 (JSON detail, ``Retry-After``, ``RateLimit-*``) once a client exceeds a limit.
 
-    ``websocket`` and ``lifespan`` scopes pass through unlimited. Exempt paths and allowed
-    clients pass through without touching the storage.
+    ``websocket`` and ``lifespan`` scopes pass through unlimited. Exempt paths, requests
+    for which ``exempt_when(scope)`` is true and allowed clients pass through without
+    touching the storage. ``default`` (and a route's limit) may be a callable of the
+    client key returning a limit string; its answers are cached per key.
     """
 
     def __init__(
         self,
         app: ASGIApp,
         *,
-        limits: Mapping[str, str] | str | None = None,
-        default: str = "",
+        limits: Mapping[str, Any] | str | None = None,
+        default: LimitSpec = "",
         key: str | KeyFunc = "ip",
         ip_limit: str = "",
         key_secret: str | None = None,
@@ -86,8 +81,10 @@ class RateLimitMiddleware:
         storage: Any = "memory://",
         strategy: str = "sliding-window-counter",
         headers: bool = True,
+        header_style: str = "ietf",
         fail_open: bool = True,
         exempt: Iterable[str] | str = ("/metrics",),
+        exempt_when: Callable[[Scope], bool] | None = None,
         allow: Iterable[str] | str = (),
         trusted_proxies: Iterable[IPNetwork | str] | str = (),
         forwarded_header: str = "x-forwarded-for",
@@ -100,21 +97,24 @@ class RateLimitMiddleware:
     ) -> None:
         self.app = app
         self._headers = option("headers", "rate_limit_headers", headers)
+        self._style = option("header_style", "rate_limit_header_style", header_style)
         self.fail_open: bool = option("fail_open", "rate_limit_fail_open", fail_open)
-        self._budget = retry_budget
+        self._exempt_when = exempt_when
 
         # Rules: the default, route patterns, the per-IP limit beside a header key.
         interval = log_interval
-        default_spec = option("default", "rate_limit", default)
-        self._default = (
-            Rule("*", parse_limits(default_spec, "default"), interval) if default_spec else None
-        )
+        self._default: Rule | None = None
+        if callable(default):
+            self._default = Rule("*", (), interval, dynamic=default)
+        elif option("default", "rate_limit", default):
+            self._default = Rule("*", parse_limits(default, "default"), interval)
         named = rules_from(option("limits", "rate_limits", limits or {}), interval)
         self.rules: list[Rule] = [self._default] if self._default else []
         for _, rule in named:
-            if charge_default and self._default is not None:
+            if charge_default and self._default is not None and not self._default.dynamic:
                 rule.chain = (rule, self._default)
             self.rules.append(rule)
+        _check_shared(self.rules)
         self._routes = RouteTable(named)
         exempt_paths = option("exempt", "rate_limit_exempt", exempt)
         self._exempt = RouteTable((path, True) for path in exempt_paths)
@@ -123,7 +123,7 @@ class RateLimitMiddleware:
         if self._ip_rule is not None:
             self.rules.append(self._ip_rule)
 
-        # Storage and strategy.
+        # Storage, strategy and keys.
         max_keys = option("max_keys", "rate_limit_max_keys", max_keys)
         if isinstance(storage, str):
             uri = option("storage", "rate_limit_storage", storage)
@@ -131,22 +131,14 @@ class RateLimitMiddleware:
             storage = storage_for(uri, **extra, **(storage_options or {}))
         self.storage = storage
         self.strategy = option("strategy", "rate_limit_strategy", strategy)
-        secret = option("key_secret", "rate_limit_key_secret", key_secret)
-        self._memory: MemoryStore | None = None
-        self._limiter: Limiter | None = None
-        if isinstance(storage, MemoryStore):
-            self._memory = storage
-            self._memory_hit: Callable[..., tuple[bool, int, float]] = getattr(
-                storage, self.strategy.replace("-", "_")
-            )
-            for rule in self.rules:
-                rule.plan = self._plan(rule.chain)
-        else:
-            self._limiter = Limiter(storage, self.strategy, retry_budget)
+        self.decider = Decider(storage, self.strategy, retry_budget)
+        self._memory = self.decider.memory
+        for rule in self.rules:
+            self._prepare(rule)
         self.keys = ClientKeys(
             key=option("key", "rate_limit_key", key),
             allow=option("allow", "rate_limit_allow", allow),
-            secret=secret,
+            secret=option("key_secret", "rate_limit_key_secret", key_secret),
             shared=self._memory is None,
             ipv6_prefix=option("ipv6_prefix", "rate_limit_ipv6_prefix", ipv6_prefix),
             trusted_proxies=option("trusted_proxies", "trusted_proxies", trusted_proxies),
@@ -159,13 +151,16 @@ class RateLimitMiddleware:
         # Metrics: label children bound once per rule (route = the rule's pattern, bounded).
         self.registry = registry if registry is not None else CollectorRegistry()
         ns = option("namespace", "metrics_namespace", namespace)
-        self._rejections = shared_counter(
+        counter = shared_counter(
             "ratelimit_rejections_total",
             "Requests rejected with 429 by the rate limiter, by route pattern.",
             ["route"],
             registry=self.registry,
             namespace=ns,
         )
+        self._rejections = counter
+        for rule in self.rules:
+            rule.rejections = counter.labels(rule.label)
         self._storage_errors = shared_counter(
             "ratelimit_storage_errors_total",
             "Rate-limit decisions that failed because the storage was unavailable.",
@@ -173,104 +168,39 @@ class RateLimitMiddleware:
             namespace=ns,
         )
         if self._memory is not None:
-            evictions = shared_counter(
+            self._memory.on_evict = shared_counter(
                 "ratelimit_evictions_total",
                 "Client keys memory:// dropped before their window ended, to stay under "
                 "its key cap (BUTTRESS_RATE_LIMIT_MAX_KEYS).",
                 registry=self.registry,
                 namespace=ns,
-            )
-            self._memory.on_evict = evictions.inc
-        for rule in self.rules:
-            rule.rejections = self._rejections.labels(rule.name)
+            ).inc
         self._outage_throttle = LogThrottle(log_interval)
         self._check_throttle = LogThrottle(log_interval)
+
+    def _prepare(self, rule: Rule) -> None:
+        if self._memory is not None:
+            rule.plan = self.decider.plan(
+                (owner, limit) for owner in rule.chain for limit in owner.limits
+            )
 
     async def aclose(self) -> None:
         """Close the remote storage's connections (call it on lifespan shutdown)."""
         await close_storage(self.storage)
-
-    def _plan(self, chain: Iterable[Rule]) -> Plan:
-        """Every limit of ``chain`` with its counters in the memory store."""
-        assert self._memory is not None
-        plan = []
-        for rule in chain:
-            for limit in rule.limits:
-                table, tid = self._memory.table(self.strategy, rule.name, limit.n, limit.expiry)
-                plan.append((rule, limit, table, tid))
-        return tuple(plan)
 
     async def key_for(self, scope: Scope) -> str | None:
         """The client key of a request, or None when the client is on the allow list."""
         key: str | None = await self.keys.key_for(scope)
         return key
 
-    # -- deciding --------------------------------------------------------------------
-
-    async def decide(
-        self, plan: Iterable[tuple[Rule, Limit]], key: str, *, want_stats: bool
-    ) -> tuple[Rule | None, Limit | None, int, int]:
-        """Charge ``key`` to every ``(rule, limit)``; bounded by the retry budget.
-
-        Returns ``(rule, limit, remaining, reset_seconds)``: the rule and limit that
-        rejected (remaining 0), or ``(None, tightest_limit, remaining, reset)`` when allowed
-        (stats only when ``want_stats``). Raises ``StorageDown`` past the budget.
-        """
-        items = tuple(plan)
-        if self._memory is not None:
-            memory_plan = tuple(
-                (rule, limit, *self._memory.table(self.strategy, rule.name, limit.n, limit.expiry))
-                for rule, limit in items
-            )
-            return self.decide_memory(memory_plan, key, want_stats)
-        try:
-            return await asyncio.wait_for(self._decide_remote(items, key, want_stats), self._budget)
-        except asyncio.TimeoutError:
-            raise StorageDown(f"no answer within {self._budget * 1000:g} ms") from None
-
-    def decide_memory(
-        self, plan: Plan, key: str, want_stats: bool
-    ) -> tuple[Rule | None, Limit | None, int, int]:
-        now = time.time()
-        hit = self._memory_hit
-        best: Limit | None = None
-        best_remaining, best_reset = 1 << 62, 0.0
-        for rule, limit, table, tid in plan:
-            allowed, remaining, reset = hit(table, tid, key, limit.n, limit.expiry, now)
-            if not allowed:
-                return rule, limit, 0, max(1, math.ceil(reset - now))
-            if remaining < best_remaining:
-                best, best_remaining, best_reset = limit, remaining, reset
-        if not want_stats or best is None:
-            return None, None, 0, 0
-        return None, best, best_remaining, max(0, math.ceil(best_reset - now))
-
-    async def _decide_remote(
-        self, items: tuple[tuple[Rule, Limit], ...], key: str, want_stats: bool
-    ) -> tuple[Rule | None, Limit | None, int, int]:
-        limiter = self._limiter
-        assert limiter is not None
-        for rule, limit in items:
-            if not await limiter.call("hit", limit.item, rule.name, key):
-                stats = await limiter.call("get_window_stats", limit.item, rule.name, key)
-                return rule, limit, 0, max(1, math.ceil(float(stats.reset_time) - time.time()))
-        if not want_stats:
-            return None, None, 0, 0
-        best: tuple[Limit | None, int, float] = (None, 1 << 62, 0.0)
-        for rule, limit in items:
-            stats = await limiter.call("get_window_stats", limit.item, rule.name, key)
-            if int(stats.remaining) < best[1]:
-                best = (limit, int(stats.remaining), float(stats.reset_time))
-        return None, best[0], best[1], max(0, math.ceil(best[2] - time.time()))
-
     async def check(
         self, scope: Scope, limits: tuple[Limit, ...], name: str, *, route: str | None = None
     ) -> Rejection | None:
         """Charge the request in ``scope`` to ``limits``, stored under ``name``.
 
-        Rejections are counted and logged under ``route`` (default ``name``), a template.
         For limits decided inside the app (``buttress.fastapi.rate_limit``): the same key,
         allow list, storage, strategy, counters, logs and outage policy as the middleware.
+        Rejections are counted and logged under ``route`` (default ``name``), a template.
         Returns None when the request may go on, else the ``Rejection`` to answer with.
         """
         key = await self.keys.key_for(scope)
@@ -278,47 +208,21 @@ class RateLimitMiddleware:
             return None
         rule = Rule(name, limits, 0.0)
         try:
-            rejected, limit, _, reset = await self.decide(
+            rejected, limit, _, reset = await self.decider.decide(
                 [(rule, item) for item in limits], key, want_stats=False
             )
         except StorageDown as exc:
             self.record_outage(exc)
-            if self.fail_open:
-                return None
-            return Rejection(503, "Rate limiter unavailable", {})
+            return None if self.fail_open else Rejection(503, "Rate limiter unavailable", {})
         if rejected is None or limit is None:
             return None
         label = route or name
-        self._record_rejection(
-            label, limit, key, self._rejections.labels(label), self._check_throttle
-        )
+        _log_rejection(label, limit, key, self._rejections.labels(label), self._check_throttle)
         seconds = str(reset)
-        return Rejection(
-            429,
-            limit.detail,
-            {
-                "Retry-After": seconds,
-                "RateLimit-Limit": str(limit.n),
-                "RateLimit-Remaining": "0",
-                "RateLimit-Reset": seconds,
-            },
-        )
-
-    @staticmethod
-    def _record_rejection(
-        route: str, limit: Limit, key: str, counter: Any, throttle: LogThrottle
-    ) -> None:
-        """Count a rejection and log it, throttled (the line says how many it stands for)."""
-        counter.inc()
-        suppressed = throttle.allow()
-        if suppressed is not None:
-            _log.warning(
-                "rate_limit_exceeded",
-                limit=str(limit.item),
-                route=route,
-                key=key,
-                suppressed=suppressed,
-            )
+        headers = {
+            name.decode(): value.decode() for name, value in self._reject_headers(limit, reset)
+        }
+        return Rejection(429, limit.detail, {"Retry-After": seconds, **headers})
 
     def record_outage(self, error: BaseException) -> None:
         """Count a storage failure and warn at most once per interval."""
@@ -334,10 +238,13 @@ class RateLimitMiddleware:
 
     # -- ASGI ------------------------------------------------------------------------
 
-    def _rule_for(self, scope: Scope) -> Rule | None:
+    def _rule_for(self, scope: Scope) -> Rule | bool | None:
+        """The rule a request is charged to; None for none, False when it is exempt."""
         method: str = scope["method"]
         if self._exempt and self._exempt.match(method, scope):
-            return None
+            return False
+        if self._exempt_when is not None and self._exempt_when(scope):
+            return False
         if self._default_only:
             return self._default
         rule: Rule | None = self._routes.match(method, scope)
@@ -349,12 +256,15 @@ class RateLimitMiddleware:
             return
         scope[RATELIMIT_KEY] = self
         rule = self._rule_for(scope)
+        if rule is False:
+            await self.app(scope, receive, send)
+            return
         head = scope["method"] == "HEAD"
         if self._ip_rule is not None:
             ip = self.keys.ip(scope)
             if await self._enforce(self._ip_rule, ip, scope, send, head, stats=False) is None:
                 return
-        if rule is None:
+        if rule is None or rule is True:
             await self.app(scope, receive, send)
             return
         if self._ip_key:
@@ -363,6 +273,11 @@ class RateLimitMiddleware:
             key = await self.keys.key_for(scope)
         if key is None:
             await self.app(scope, receive, send)
+            return
+        if rule.dynamic is not None:
+            rule = rule.for_key(key, self._prepare)
+        if rule.count != "all":
+            await self._counted_after(rule, key, scope, receive, send, head)
             return
         extra = await self._enforce(rule, key, scope, send, head, stats=self._headers)
         if extra is None:
@@ -382,45 +297,122 @@ class RateLimitMiddleware:
         self, rule: Rule, key: str, scope: Scope, send: Send, head: bool, *, stats: bool
     ) -> Headers | None:
         """Charge ``key`` to ``rule``: None when answered here (429/503), else headers to add."""
-        if self._memory is not None:
-            rejected, limit, remaining, reset = self.decide_memory(rule.plan, key, stats)
-        else:
-            try:
-                rejected, limit, remaining, reset = await self.decide(
-                    [(owner, item) for owner in rule.chain for item in owner.limits],
-                    key,
-                    want_stats=stats,
-                )
-            except StorageDown as exc:
-                self.record_outage(exc)
-                if self.fail_open:
-                    return []
-                await _send_body(send, 503, _UNAVAILABLE_BODY, [], head)
-                return None
+        try:
+            if self._memory is not None:
+                outcome = self.decider.decide_memory(rule.plan, key, stats, rule.cost)
+            else:
+                pairs = [(owner, item) for owner in rule.chain for item in owner.limits]
+                outcome = await self.decider.decide(pairs, key, want_stats=stats, cost=rule.cost)
+        except StorageDown as exc:
+            return await self._outage(exc, send, head)
+        rejected, limit, remaining, reset = outcome
         if rejected is not None and limit is not None:
-            self._record_rejection(
-                rejected.name, limit, key, rejected.rejections, rejected.throttle
-            )
-            if rejected.name not in ("*", "ip"):
-                # The app never ran, so no framework named the route: the limit's own
-                # pattern is the template the metrics and the access log should show.
-                scope.setdefault(ROUTE_KEY, rejected.template)
-            seconds = _ascii(reset)
-            extra = [
-                (b"retry-after", seconds),
-                (b"ratelimit-limit", limit.amount),
-                (b"ratelimit-remaining", b"0"),
-                (b"ratelimit-reset", seconds),
-            ]
-            await _send_body(send, 429, limit.body, extra, head)
+            await self._reject(rejected, limit, key, reset, scope, send, head)
             return None
         if limit is None:
             return []
-        return [
-            (b"ratelimit-limit", limit.amount),
-            (b"ratelimit-remaining", _ascii(remaining)),
-            (b"ratelimit-reset", _ascii(reset)),
-        ]
+        return self._allow_headers(limit, remaining, reset)
+
+    async def _counted_after(
+        self, rule: Rule, key: str, scope: Scope, receive: Receive, send: Send, head: bool
+    ) -> None:
+        """``count="failures"``/``"successes"``: refuse once spent, charge after the response."""
+        pairs = [(owner, item) for owner in rule.chain for item in owner.limits]
+        try:
+            refused = await self.decider.peek(pairs, key, rule.cost)
+        except StorageDown as exc:
+            if await self._outage(exc, send, head) is None:
+                return
+            refused = None
+        if refused is not None:
+            await self._reject(refused[0], refused[1], key, refused[2], scope, send, head)
+            return
+        status = 0
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            failed = status >= 400 or status == 0
+            if failed == (rule.count == "failures"):
+                try:
+                    await self.decider.decide(pairs, key, want_stats=False, cost=rule.cost)
+                except StorageDown as exc:
+                    self.record_outage(exc)
+
+    async def _outage(self, error: StorageDown, send: Send, head: bool) -> Headers | None:
+        self.record_outage(error)
+        if self.fail_open:
+            return []
+        await _send_body(send, 503, _UNAVAILABLE_BODY, [], head)
+        return None
+
+    async def _reject(
+        self, rule: Rule, limit: Limit, key: str, reset: int, scope: Scope, send: Send, head: bool
+    ) -> None:
+        _log_rejection(rule.label, limit, key, rule.rejections, rule.throttle)
+        if rule.label not in ("*", "ip"):
+            # The app never ran, so no framework named the route: the limit's own
+            # pattern is the template the metrics and the access log should show.
+            scope.setdefault(ROUTE_KEY, rule.template)
+        extra = [(b"retry-after", _ascii(reset)), *self._reject_headers(limit, reset)]
+        await _send_body(send, 429, limit.body, extra, head)
+
+    def _reject_headers(self, limit: Limit, reset: int) -> Headers:
+        return self._allow_headers(limit, 0, reset)
+
+    def _allow_headers(self, limit: Limit, remaining: int, reset: int) -> Headers:
+        style = self._style
+        out: Headers = []
+        if style != "x":
+            out += [
+                (b"ratelimit-limit", limit.amount),
+                (b"ratelimit-remaining", _ascii(remaining)),
+                (b"ratelimit-reset", _ascii(reset)),
+            ]
+        if style != "ietf":  # the de-facto X-RateLimit-* names; reset as a Unix time
+            out += [
+                (b"x-ratelimit-limit", limit.amount),
+                (b"x-ratelimit-remaining", _ascii(remaining)),
+                (b"x-ratelimit-reset", str(int(time.time()) + reset).encode("ascii")),
+            ]
+        return out
+
+
+def _log_rejection(route: str, limit: Limit, key: str, counter: Any, throttle: LogThrottle) -> None:
+    """Count a rejection and log it, throttled (the line says how many it stands for)."""
+    counter.inc()
+    suppressed = throttle.allow()
+    if suppressed is not None:
+        _log.warning(
+            "rate_limit_exceeded",
+            limit=str(limit.item),
+            route=route,
+            key=key,
+            suppressed=suppressed,
+        )
+
+
+def _check_shared(rules: Iterable[Rule]) -> None:
+    """Routes of one ``shared`` group must agree on the limit they share."""
+    seen: dict[str, Rule] = {}
+    for rule in rules:
+        first = seen.setdefault(rule.name, rule)
+        if first is not rule and _specs(first) != _specs(rule):
+            raise ValueError(
+                f"limits[{rule.label!r}] and limits[{first.label!r}] share "
+                f"{rule.name.removeprefix('shared:')!r} but not the same limit; give every "
+                "route of a shared group the same limit string."
+            )
+
+
+def _specs(rule: Rule) -> list[str]:
+    return [str(limit.item) for limit in rule.limits]
 
 
 #: The header values 0..4095 as bytes, built on first use (most counts and resets fit).

@@ -112,11 +112,19 @@ class MemoryStore:
                 deadline = state[-1] + expiry
             heappush(heap, (deadline, tid, key))
 
-    # Each strategy: ``(allowed, remaining, reset_at)`` for one hit of ``key`` at ``now``,
-    # with limits' arithmetic (``limits.strategies`` over ``limits.storage.MemoryStorage``).
+    # Each strategy: ``(allowed, remaining, reset_at)`` for one hit of ``key`` at ``now``
+    # costing ``cost``, with limits' arithmetic (``limits.strategies`` over
+    # ``limits.storage.MemoryStorage``).
 
     def fixed_window(
-        self, table: dict[str, Any], tid: int, key: str, amount: int, expiry: int, now: float
+        self,
+        table: dict[str, Any],
+        tid: int,
+        key: str,
+        amount: int,
+        expiry: int,
+        now: float,
+        cost: int = 1,
     ) -> tuple[bool, int, float]:
         """A counter that restarts ``expiry`` seconds after the first hit of its window."""
         heap = self._heap
@@ -127,19 +135,26 @@ class MemoryStore:
             if len(heap) >= self.max_keys:
                 self._admit()
             reset = now + expiry
-            table[key] = [reset, 1]
+            table[key] = [reset, cost]
             heappush(heap, (reset, tid, key))
-            count = 1
+            count = cost
         elif state[0] <= now:
             reset = state[0] = now + expiry
-            count = state[1] = 1
+            count = state[1] = cost
         else:
             reset = state[0]
-            count = state[1] = state[1] + 1  # limits counts rejected hits too
+            count = state[1] = state[1] + cost  # limits counts rejected hits too
         return count <= amount, amount - count if count < amount else 0, reset
 
     def sliding_window_counter(
-        self, table: dict[str, Any], tid: int, key: str, amount: int, expiry: int, now: float
+        self,
+        table: dict[str, Any],
+        tid: int,
+        key: str,
+        amount: int,
+        expiry: int,
+        now: float,
+        cost: int = 1,
     ) -> tuple[bool, int, float]:
         """The current window's count plus the previous one's, weighted by its overlap."""
         heap = self._heap
@@ -161,9 +176,9 @@ class MemoryStore:
             state[0] = window
         previous, current = state[1], state[2]
         if not previous:
-            allowed = current < amount
+            allowed = current + cost <= amount
             if allowed:
-                current = state[2] = current + 1
+                current = state[2] = current + cost
             elif not current:
                 return False, 0, now
             remaining = amount - current if current < amount else 0
@@ -172,9 +187,9 @@ class MemoryStore:
         scaled = (now - expiry) / expiry
         previous_ttl = (1 - (scaled - int(scaled))) * expiry
         weight = previous * previous_ttl / expiry
-        allowed = floor(weight + current) < amount
+        allowed = floor(weight + current) + cost <= amount
         if allowed:
-            current = state[2] = current + 1
+            current = state[2] = current + cost
         remaining = amount - floor(weight + current)
         reset_in = previous_ttl % (expiry / previous)
         if current:
@@ -185,7 +200,14 @@ class MemoryStore:
         return allowed, remaining if remaining > 0 else 0, now + reset_in
 
     def moving_window(
-        self, table: dict[str, Any], tid: int, key: str, amount: int, expiry: int, now: float
+        self,
+        table: dict[str, Any],
+        tid: int,
+        key: str,
+        amount: int,
+        expiry: int,
+        now: float,
+        cost: int = 1,
     ) -> tuple[bool, int, float]:
         """At most ``amount`` acquisitions in any ``expiry`` seconds."""
         heap = self._heap
@@ -200,12 +222,48 @@ class MemoryStore:
             heappush(heap, (now + expiry, tid, key))
         while times and times[0] < cutoff:  # out of every future window
             del times[0]
-        allowed = len(times) < amount  # else the amount-th newest is still in the window
+        allowed = len(times) + cost <= amount  # else the amount-th newest is still in the window
         if allowed:
-            times.append(now)
+            times.extend([now] * cost)
         count, first = len(times), 0
         while first < count and times[first] <= cutoff:
             first += 1
         if first == count:
             return allowed, amount, now
         return allowed, amount - (count - first), times[first] + expiry
+
+    def peek(
+        self,
+        mode: str,
+        table: dict[str, Any],
+        key: str,
+        amount: int,
+        expiry: int,
+        now: float,
+        cost: int = 1,
+    ) -> bool:
+        """Whether a hit costing ``cost`` would be allowed now, changing nothing.
+
+        For limits counted after the response (``count="failures"``): the request is
+        refused up front when it could not be counted, and charged once its status is known.
+        """
+        state = table.get(key)
+        if state is None:
+            return cost <= amount
+        if mode == "fixed-window":
+            used: int = 0 if state[0] <= now else state[1]
+            return used + cost <= amount
+        if mode == "moving-window":  # limits' test() counts entries strictly inside
+            cutoff = now - expiry
+            inside: int = sum(1 for t in state if t > cutoff)
+            return inside + cost <= amount
+        window = int(now / expiry)
+        if state[0] == window:
+            previous, current = state[1], state[2]
+        else:
+            previous, current = (state[2] if state[0] == window - 1 else 0), 0
+        if not previous:
+            return bool(current + cost <= amount)
+        scaled = (now - expiry) / expiry
+        previous_ttl = (1 - (scaled - int(scaled))) * expiry
+        return bool(floor(previous * previous_ttl / expiry + current) + cost <= amount)

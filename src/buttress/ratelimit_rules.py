@@ -1,21 +1,7 @@
 """What a rate limit applies to: limits, route patterns matched as the frameworks route, client keys.
 
-# Strategy: match what the router will match. The limiter decides before the app runs,
-# so it cannot read the route the framework picks; it matches its patterns against every
-# spelling of the path that some framework routes to the same handler (measured for
-# Starlette, FastAPI, Litestar, Django and Quart behind uvicorn and hypercorn):
-# - repeated slashes collapsed and leading/trailing slashes dropped (Litestar routes
-#   ``//a``, ``/a//b`` and ``/a/`` to ``/a``; Quart routes ``//a``; Django patterns end
-#   in ``/``), on both the path and the pattern;
-# - the root path removed as text, not at a segment boundary (Litestar and Quart route
-#   ``/apiauth/login`` under root path ``/api``), and also after its first occurrence
-#   (Litestar), and the path left as it is (servers that do not prefix it);
-# - an absolute-form target (``http://host/a``, passed through by hypercorn) cut to its path;
-# - ``HEAD`` charged as ``GET`` (Starlette, Quart and Django run the GET handler).
-# Dot segments, case and percent-encoding are left alone: every framework routes on the
-# decoded path and none resolves ``.``/``..`` or folds case. A spelling no framework routes
-# is at worst charged to the limit it resembles; a spelling some framework routes is never
-# missed (tests/test_attacks.py sends each variant to each framework).
+# Strategy: route patterns are matched by ``buttress._paths.RouteTable`` against every
+# spelling of the path some framework routes to the same handler (see there).
 """
 
 from __future__ import annotations
@@ -24,13 +10,13 @@ import hashlib
 import inspect
 import ipaddress
 import os
-import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from buttress._asgi import Scope
+from buttress._paths import RouteTable, path_spellings
 from buttress._request import client_ip, record_of
 from buttress.config import IPNetwork
 from buttress.logs import LogThrottle
@@ -48,10 +34,6 @@ __all__ = [
     "parse_limits",
     "path_spellings",
 ]
-
-_SEGMENT = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(?::([A-Za-z_]+))?\}")
-_SLASHES = re.compile(r"/{2,}")
-_ABSOLUTE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*://[^/]*")
 
 
 class Limit:
@@ -83,101 +65,89 @@ def parse_limits(spec: str, name: str = "limit") -> tuple[Limit, ...]:
 
 
 class Rule:
-    """The limits of one route pattern (or of the default), with its log throttle and counter."""
+    """The limits of one route pattern (or of the default), with its log throttle and counter.
 
-    __slots__ = ("chain", "limits", "name", "plan", "rejections", "throttle")
+    ``name`` identifies its counters in the storage (rules of one ``shared`` group have
+    one name, so they share one budget); ``label`` names it in metrics and logs (its
+    pattern, so the label stays bounded). ``cost`` is what one request spends; ``count``
+    is ``"all"``, or ``"failures"``/``"successes"`` to charge only requests whose status
+    is >= 400 / < 400 (decided after the response; refused up front once spent). A
+    ``dynamic`` rule asks a callable for the limit of each client key (cached).
+    """
 
-    def __init__(self, name: str, limits: tuple[Limit, ...], throttle_interval: float) -> None:
+    __slots__ = (
+        "_by_key",
+        "_by_spec",
+        "chain",
+        "cost",
+        "count",
+        "dynamic",
+        "interval",
+        "label",
+        "limits",
+        "name",
+        "plan",
+        "rejections",
+        "throttle",
+    )
+
+    #: Keys whose dynamic limit is remembered (the cache is dropped whole when full).
+    KEY_CACHE = 10_000
+
+    def __init__(
+        self,
+        name: str,
+        limits: tuple[Limit, ...],
+        throttle_interval: float,
+        *,
+        label: str | None = None,
+        cost: int = 1,
+        count: str = "all",
+        dynamic: Callable[[str], str] | None = None,
+    ) -> None:
         self.name = name
+        self.label = label or name
         self.limits = limits
+        self.cost = cost
+        self.count = count
+        self.dynamic = dynamic
+        self.interval = throttle_interval
         self.throttle = LogThrottle(throttle_interval)
         self.chain: tuple[Rule, ...] = (self,)
         self.rejections: Any = None
         #: ``memory://``: (rule, limit, counters, table id) for every limit of the chain.
         self.plan: tuple[tuple[Rule, Limit, dict[str, Any], int], ...] = ()
+        self._by_key: dict[str, Rule] = {}
+        self._by_spec: dict[str, Rule] = {}
 
     @property
     def template(self) -> str:
         """The pattern of the rule without its method (``/auth/login``), or ``*``."""
-        return self.name.rpartition(" ")[2]
+        return self.label.rpartition(" ")[2]
 
-
-def _canonical(path: str) -> str:
-    if "//" in path:
-        path = _SLASHES.sub("/", path)
-    return "/" + path.strip("/")
-
-
-def path_spellings(scope: Scope) -> list[str]:
-    """Every canonical spelling under which some framework may route this request."""
-    path: str = scope.get("path", "")
-    if "://" in path:
-        absolute = _ABSOLUTE.match(path)
-        if absolute is not None:
-            path = path[absolute.end() :] or "/"
-    root: str = scope.get("root_path", "")
-    first = _canonical(path)
-    if not root:
-        return [first]
-    at = path.find(root)  # a prefix, or (Litestar) its first occurrence anywhere
-    if at < 0:
-        return [first]
-    stripped = _canonical(path[at + len(root) :])
-    return [first] if stripped == first else [stripped, first]
-
-
-def _compile(pattern: str) -> re.Pattern[str] | None:
-    """A regex for ``pattern`` when it has ``{name}`` segments, else None (an exact path)."""
-    if "{" not in pattern:
-        return None
-    out, pos = [], 0
-    for match in _SEGMENT.finditer(pattern):
-        out.append(re.escape(pattern[pos : match.start()]))
-        out.append(".+" if match.group(2) == "path" else "[^/]+")
-        pos = match.end()
-    out.append(re.escape(pattern[pos:]))
-    return re.compile("".join(out))
-
-
-class RouteTable:
-    """Route patterns (``METHOD /path/{name}`` or ``/path/{name:path}``) to values."""
-
-    def __init__(self, entries: Iterable[tuple[str, Any]]) -> None:
-        self._exact: dict[str, dict[str | None, Any]] = {}
-        self._patterns: list[tuple[re.Pattern[str], str | None, Any]] = []
-        for key, value in entries:
-            method, _, pattern = key.strip().rpartition(" ")
-            verb = method.strip().upper() or None
-            canonical = _canonical(pattern)
-            regex = _compile(canonical)
-            if regex is None:
-                self._exact.setdefault(canonical, {})[verb] = value
-            else:
-                self._patterns.append((regex, verb, value))
-
-    def __bool__(self) -> bool:
-        return bool(self._exact or self._patterns)
-
-    def match(self, method: str, scope: Scope) -> Any:
-        """The value of the first pattern any spelling of the request's path matches."""
-        if method == "HEAD":
-            method = "GET"
-        for path in path_spellings(scope):
-            found = self._match(method, path)
-            if found is not None:
-                return found
-        return None
-
-    def _match(self, method: str, path: str) -> Any:
-        by_method = self._exact.get(path)
-        if by_method is not None:
-            found = by_method.get(method) or by_method.get(None)
-            if found is not None:
-                return found
-        for regex, verb, value in self._patterns:
-            if (verb is None or verb == method) and regex.fullmatch(path):
-                return value
-        return None
+    def for_key(self, key: str, prepare: Callable[[Rule], None]) -> Rule:
+        """The concrete rule of a dynamic rule for ``key`` (``prepare`` readies a new one)."""
+        found = self._by_key.get(key)
+        if found is not None:
+            return found
+        assert self.dynamic is not None
+        spec = self.dynamic(key)
+        found = self._by_spec.get(spec)
+        if found is None:
+            if len(self._by_spec) >= 256:
+                self._by_spec.clear()
+            limits = parse_limits(spec, f"the limit returned for {self.label!r}")
+            found = Rule(
+                self.name, limits, self.interval, label=self.label, cost=self.cost, count=self.count
+            )
+            found.rejections = self.rejections
+            found.throttle = self.throttle
+            prepare(found)
+            self._by_spec[spec] = found
+        if len(self._by_key) >= self.KEY_CACHE:
+            self._by_key.clear()
+        self._by_key[key] = found
+        return found
 
 
 def ip_key(ip: str | None, ipv6_prefix: int) -> str:
@@ -215,12 +185,27 @@ def key_secret(secret: str | None) -> bytes | None:
     return raw if len(raw) <= 64 else hashlib.blake2b(raw, digest_size=64).digest()
 
 
-def rules_from(limits: Mapping[str, str], interval: float) -> list[tuple[str, Rule]]:
-    """``{"POST /login": "10/minute"}`` as named rules (their limits parsed once)."""
-    return [
-        (key.strip(), Rule(key.strip(), parse_limits(spec, f"limits[{key!r}]"), interval))
-        for key, spec in limits.items()
-    ]
+def rules_from(limits: Mapping[str, Any], interval: float) -> list[tuple[str, Rule]]:
+    """``{"POST /login": "10/minute"}`` (or ``{"limit": ..., "shared": ..., "cost": ...,
+    "count": ...}`` per route, or a callable of the client key) as named rules."""
+    out: list[tuple[str, Rule]] = []
+    for key, value in limits.items():
+        pattern = key.strip()
+        spec: Any = value
+        options: dict[str, Any] = {}
+        if isinstance(value, Mapping):
+            spec = value["limit"]
+            options = {k: value[k] for k in ("cost", "count") if k in value}
+            if value.get("shared"):
+                options["name"] = f"shared:{value['shared']}"
+        name = options.pop("name", pattern)
+        if callable(spec):
+            rule = Rule(name, (), interval, label=pattern, dynamic=spec, **options)
+        else:
+            limits_ = parse_limits(spec, f"limits[{key!r}]")
+            rule = Rule(name, limits_, interval, label=pattern, **options)
+        out.append((pattern, rule))
+    return out
 
 
 class ClientKeys:

@@ -140,11 +140,11 @@ class Limiter:
 
         self._errors: tuple[type[BaseException], ...] = (StorageError, OSError, TimeoutError)
 
-    async def call(self, method: str, item: RateLimitItem, *ids: str) -> Any:
+    async def call(self, method: str, item: RateLimitItem, *ids: str, **options: Any) -> Any:
         """Call an async strategy method, retrying storage errors within the budget."""
         func = getattr(self.aio, method)
         try:
-            return await func(item, *ids)
+            return await func(item, *ids, **options)
         except self._errors:
             pass
         from tenacity import (
@@ -163,7 +163,7 @@ class Limiter:
         try:
             async for attempt in retrying:
                 with attempt:
-                    return await func(item, *ids)
+                    return await func(item, *ids, **options)
         except RetryError as exc:
             raise StorageDown(str(exc.last_attempt.exception())) from None
         raise StorageDown("no attempt was made")  # pragma: no cover

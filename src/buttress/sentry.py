@@ -15,8 +15,9 @@
 #   in ``BUTTRESS_SENTRY_STATUS_CODES``;
 # - an exception object is sent at most once (it is marked), so an error is reported
 #   exactly once even when sentry's Starlette/FastAPI integrations also see it;
-# - ``Authorization`` and ``Cookie`` values are scrubbed wherever they appear (headers,
-#   frame locals, extras), then the user's own ``before_send`` runs.
+# - the request is masked and its secrets scrubbed wherever they appear (headers, query,
+#   frame locals, extras; see ``buttress._scrub``), IPs too unless ``send_default_pii``
+#   is on, then the user's own ``before_send`` runs.
 """
 
 from __future__ import annotations
@@ -28,14 +29,13 @@ from typing import Any
 from buttress._asgi import ASGIApp, Receive, Scope, Send
 from buttress._exceptions import ExceptionMap, exception_status, normalize_map
 from buttress._request import RequestRecord, app_path, record_of
+from buttress._scrub import mask_request, normal_names, request_secrets
+from buttress._scrub import scrub as _scrub
 from buttress.config import option
 
 __all__ = ["BeforeSend", "init_sentry", "report_exception"]
 
 _MARK = "__buttress_sentry_reported__"
-_FILTERED = "[Filtered]"
-_SENSITIVE = ("authorization", "cookie")
-_MIN_SECRET = 4
 
 Event = dict[str, Any]
 Hint = dict[str, Any]
@@ -48,13 +48,15 @@ def init_sentry(
     status_codes: Any = range(500, 600),
     exception_map: ExceptionMap | None = None,
     traces_sample_rate: float = 0.0,
+    secret_headers: Any = (),
     **options: Any,
 ) -> bool:
     """Start Sentry when ``dsn`` is given (``wrap()`` passes ``SENTRY_DSN``); True when reporting.
 
     ``status_codes`` are the statuses reported (``BUTTRESS_SENTRY_STATUS_CODES``);
     ``exception_map`` describes exceptions others capture, as the error layer answers them.
-    ``SENTRY_ENVIRONMENT`` and ``SENTRY_RELEASE`` are read by sentry-sdk itself. Other
+    ``secret_headers`` are more header names to hide (``wrap()`` passes the rate-limit key
+    header of ``BUTTRESS_RATE_LIMIT_KEY=header:<Name>``). ``SENTRY_ENVIRONMENT`` and ``SENTRY_RELEASE`` are read by sentry-sdk itself. Other
     ``options`` go to ``sentry_sdk.init``; a ``before_send`` given here runs after ours.
     When the app already initialised Sentry itself (and no DSN is given here), its client
     is kept and buttress's ``before_send`` is put in front of the app's own.
@@ -68,7 +70,7 @@ def init_sentry(
     current = client.options.get("before_send") if client.is_active() else None
     if client.is_active() and not isinstance(current, BeforeSend):
         # The app set Sentry up itself: keep its client, put our gate in front of its own.
-        client.options["before_send"] = BeforeSend(statuses, mapping, current)
+        client.options["before_send"] = BeforeSend(statuses, mapping, current, secret_headers)
         return True
     if not dsn:
         return client.is_active()
@@ -81,7 +83,7 @@ def init_sentry(
     }
     user_before_send = options.pop("before_send", None)
     kwargs.update(options)
-    kwargs["before_send"] = BeforeSend(statuses, mapping, user_before_send)
+    kwargs["before_send"] = BeforeSend(statuses, mapping, user_before_send, secret_headers)
     sentry_sdk.init(**kwargs)
     return True
 
@@ -103,8 +105,10 @@ class BeforeSend:
         statuses: Any,
         exception_map: Mapping[type, tuple[int, Any]],
         user: BeforeSendFn | None = None,
+        secret_headers: Any = (),
     ) -> None:
         self.user = user
+        self.secret_headers = normal_names(secret_headers)
         self.exception_map = exception_map
         self.statuses = frozenset(statuses)
 
@@ -128,10 +132,21 @@ class BeforeSend:
         trace_id = get_trace_id()
         if trace_id is not None:
             tags.setdefault("trace_id", trace_id)
-        scrub(event, hint.get("buttress_secrets", ()))
+        self._scrub(event, hint)
         if self.user is not None:
             return self.user(event, hint)
         return event
+
+    def _scrub(self, event: Event, hint: Hint) -> None:
+        pii = pii_allowed()
+        found: set[str] = set()
+        scope = hint.get("buttress_scope")
+        if isinstance(scope, dict):
+            found = request_secrets(scope, pii, self.secret_headers)
+        request = event.get("request")
+        if isinstance(request, dict):
+            mask_request(request, pii, self.secret_headers, found)
+        _scrub(event, found, pii, self.secret_headers)
 
     def _describe(self, event: Event, tags: dict[str, Any], exc: BaseException) -> bool:
         """Add the HTTP status and detail of an exception someone else captured."""
@@ -169,8 +184,16 @@ def _mark(exc: BaseException) -> None:
         setattr(exc, _MARK, True)
 
 
-def report_exception(exc: BaseException, scope: Scope, status: int, detail: Any) -> None:
-    """Capture ``exc`` for the request in ``scope``, answered with ``status`` and ``detail``."""
+def report_exception(
+    exc: BaseException, scope: Scope, status: int, detail: Any, *, suppressed: int = 0
+) -> None:
+    """Capture ``exc`` for the request in ``scope``, answered with ``status`` and ``detail``.
+
+    ``suppressed`` is how many reports of the same error the budget held back since the
+    last one. With tracing off, the request's incoming ``sentry-trace`` or W3C
+    ``traceparent`` is continued on a fork of its isolation scope, so the event links to
+    the upstream trace; requests without an error never pay for it.
+    """
     import sentry_sdk
     from sentry_sdk.utils import event_from_exception
 
@@ -184,7 +207,7 @@ def report_exception(exc: BaseException, scope: Scope, status: int, detail: Any)
     event, hint = event_from_exception(
         exc, client_options=client.options, mechanism={"type": "buttress", "handled": False}
     )
-    hint["buttress_secrets"] = _request_secrets(scope)
+    hint["buttress_scope"] = scope
     tags: dict[str, Any] = {"http_status": status}
     if info is not None:
         tags["request_id"] = info.request_id
@@ -194,15 +217,47 @@ def report_exception(exc: BaseException, scope: Scope, status: int, detail: Any)
     extra: dict[str, Any] = {"status_code": status}
     if detail is not None:
         extra["http_exception_detail"] = detail
+    if suppressed:
+        extra["suppressed_since_last_report"] = suppressed
     event["extra"] = extra
-    event["request"] = _request_data(scope)
+    event["request"] = _request_data(scope, info)
     event["transaction"] = route or scope.get("path", "")
     event["transaction_info"] = {"source": "route" if route else "url"}
     event["level"] = "error"
+    incoming = incoming_trace(scope)
+    if incoming and not tracing_enabled():
+        with sentry_sdk.isolation_scope() as isolation:
+            isolation.generate_propagation_context(incoming)
+            sentry_sdk.capture_event(event, hint=hint)
+        return
     sentry_sdk.capture_event(event, hint=hint)
 
 
-def _request_data(scope: Scope) -> dict[str, Any]:
+def incoming_trace(scope: Scope) -> dict[str, str]:
+    """The trace headers Sentry continues: ``sentry-trace`` (and ``baggage``) as sent, or a
+    valid W3C ``traceparent`` as ``sentry-trace`` (sentry-sdk reads only its own header).
+
+    The sampled flag is left out, so a W3C ``01`` never forces sampling here.
+    """
+    from buttress.context import parse_traceparent
+
+    found: dict[str, str] = {}
+    traceparent = None
+    for key, value in scope.get("headers") or ():
+        if key in (b"sentry-trace", b"baggage"):
+            found[key.decode("latin-1")] = value.decode("latin-1")
+        elif key == b"traceparent":
+            traceparent = value
+    if "sentry-trace" not in found:
+        found.pop("baggage", None)
+        parsed = parse_traceparent(traceparent) if traceparent is not None else None
+        if parsed is not None:
+            found["sentry-trace"] = f"{parsed[0]}-{parsed[1]}"
+    return found
+
+
+def _request_data(scope: Scope, info: RequestRecord | None) -> dict[str, Any]:
+    """The request as sent to Sentry; ``BeforeSend`` masks it (see ``buttress._scrub``)."""
     headers: dict[str, str] = {}
     host = ""
     for key, value in scope.get("headers") or ():
@@ -210,110 +265,45 @@ def _request_data(scope: Scope) -> dict[str, Any]:
         text = value.decode("latin-1")
         if name == "host":
             host = text
-        headers[name] = _FILTERED if _is_sensitive(name) else text
+        headers[name] = f"{headers[name]}, {text}" if name in headers else text
     server = scope.get("server")
     if not host and server:
         host = f"{server[0]}:{server[1]}"
     path = scope.get("root_path", "") + app_path(scope)
-    return {
+    data: dict[str, Any] = {
         "method": scope.get("method"),
         "url": f"{scope.get('scheme', 'http')}://{host}{path}",
         "query_string": scope.get("query_string", b"").decode("latin-1"),
         "headers": headers,
     }
+    if info is not None and info.client_ip:
+        data["env"] = {"REMOTE_ADDR": str(info.client_ip)}  # dropped unless PII is allowed
+    return data
 
 
-def _request_secrets(scope: Scope) -> list[str]:
-    found: set[str] = set()
-    for key, value in scope.get("headers") or ():
-        if _is_sensitive(key.decode("latin-1")):
-            _add_secret(found, value.decode("latin-1"))
-    return sorted(found)
+def pii_allowed() -> bool:
+    """Whether the Sentry client may send personal data (IPs): ``send_default_pii``, or
+    ``data_collection={"user_info": True}`` given by the user (sentry-sdk 2.75+)."""
+    import sentry_sdk
+
+    client = sentry_sdk.get_client()
+    if client.should_send_default_pii():
+        return True
+    collection = client.options.get("data_collection")
+    if isinstance(collection, Mapping) and collection.get("provided_by_user"):
+        return bool(collection.get("user_info"))
+    return False
 
 
-def _is_sensitive(name: str) -> bool:
-    low = name.lower()
-    return any(word in low for word in _SENSITIVE)
-
-
-def _add_secret(found: set[str], value: str) -> None:
-    """A header value, and its parts: the token after ``Bearer``, each cookie's value."""
-    value = value.strip()
-    if not value or value == _FILTERED:
-        return
-    found.add(value)
-    _scheme, _, token = value.partition(" ")
-    if token.strip():
-        found.add(token.strip())
-    for part in value.split(";"):
-        _name, eq, cookie = part.partition("=")
-        if eq and cookie.strip():
-            found.add(cookie.strip())
-
-
-def _unrepr(text: str) -> str:
-    """``"b'abc'"`` (how Sentry serializes bytes) as ``"abc"``."""
-    if len(text) >= 3 and text[0] == "b" and text[1] in "'\"" and text[-1] == text[1]:
-        return text[2:-1]
-    return text
-
-
-def scrub(event: Event, known: Any = ()) -> None:
-    """Replace ``Authorization`` and ``Cookie`` values wherever they appear in ``event``.
-
-    Values are found under sensitive keys (``authorization``, ``HTTP_COOKIE``...) and in
-    ``(name, value)`` header pairs such as an ASGI scope's headers in frame locals; every
-    string containing one of them, anywhere in the event, is then filtered.
-    """
-    found: set[str] = set()
-    for value in known:
-        _add_secret(found, value)
-    _harvest(event, found, 0)
-    secrets = sorted((s for s in found if len(s) >= _MIN_SECRET), key=len, reverse=True)
-    _replace(event, secrets, 0)
-
-
-def _harvest(obj: Any, found: set[str], depth: int) -> None:
-    if depth > 20:
-        return
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            if isinstance(key, str) and _is_sensitive(key):
-                if isinstance(value, str):
-                    _add_secret(found, _unrepr(value))
-                obj[key] = _FILTERED
-            else:
-                _harvest(value, found, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        if (
-            len(obj) == 2
-            and isinstance(obj[0], str)
-            and isinstance(obj[1], str)
-            and _is_sensitive(_unrepr(obj[0]))
-        ):
-            _add_secret(found, _unrepr(obj[1]))
-            return
-        for item in obj:
-            _harvest(item, found, depth + 1)
-
-
-def _replace(obj: Any, secrets: list[str], depth: int) -> Any:
-    if depth > 20:
-        return obj
-    if isinstance(obj, str):
-        for secret in secrets:
-            if secret in obj:
-                obj = obj.replace(secret, _FILTERED)
-        return obj
-    if isinstance(obj, dict):
-        for key, value in obj.items():
-            obj[key] = _replace(value, secrets, depth + 1)
-    elif isinstance(obj, list):
-        for i, item in enumerate(obj):
-            obj[i] = _replace(item, secrets, depth + 1)
-    elif isinstance(obj, tuple):
-        return tuple(_replace(item, secrets, depth + 1) for item in obj)
-    return obj
+def scrub(event: Event, known: Any = (), secret_headers: Any = ()) -> None:
+    """Hide every secret of ``event`` in place, as ``BeforeSend`` does (PII by the client)."""
+    pii = pii_allowed()
+    names = normal_names(secret_headers)
+    found = set(known)
+    request = event.get("request")
+    if isinstance(request, dict):
+        mask_request(request, pii, names, found)
+    _scrub(event, found, pii, names)
 
 
 class RequestScopes:
@@ -327,6 +317,11 @@ class RequestScopes:
     # tests/test_sentry.py checks that tags and breadcrumbs stay per request with the
     # installed sentry-sdk, and this constructor refuses to start if the variable moved,
     # so an upgrade that changes it fails loudly, never silently.
+    #
+    # The request is also marked as handled by an ASGI integration (sentry-sdk's private
+    # ``_asgi_middleware_applied``), so the ``SentryAsgiMiddleware`` that sentry's
+    # Starlette/FastAPI/Django/Quart/Litestar integrations insert when the app calls
+    # ``sentry_sdk.init`` itself passes through: one request, one transaction, one scope.
     """
 
     def __init__(self) -> None:
@@ -341,26 +336,42 @@ class RequestScopes:
                 "sentry-sdk version needs a buttress update (per-request Sentry scopes)."
             )
         self._var: ContextVar[Any] = var
+        self._applied = asgi_applied()
         self._current = sentry_scope.Scope.get_isolation_scope
 
     def enter(self) -> Any:
-        return self._var.set(self._current().fork())
+        return self._var.set(self._current().fork()), self._applied.set(True)
 
-    def leave(self, token: Any) -> None:
-        self._var.reset(token)
+    def leave(self, tokens: Any) -> None:
+        self._applied.reset(tokens[1])
+        self._var.reset(tokens[0])
+
+
+def asgi_applied() -> Any:
+    """sentry-sdk's private marker of a request already inside its ASGI middleware."""
+    from contextvars import ContextVar
+
+    from sentry_sdk.integrations import asgi
+
+    var = getattr(asgi, "_asgi_middleware_applied", None)
+    if not isinstance(var, ContextVar):
+        raise RuntimeError(
+            "sentry_sdk.integrations.asgi._asgi_middleware_applied is no longer a "
+            "ContextVar; this sentry-sdk version needs a buttress update (one transaction "
+            "per request when the app initialises Sentry itself)."
+        )
+    return var
 
 
 async def run_traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
-    """Run one request inside a Sentry transaction named by its route template."""
+    """Run one request inside a Sentry transaction named by its route template.
+
+    The transaction continues the request's ``sentry-trace`` or W3C ``traceparent``.
+    """
     import sentry_sdk
 
     from buttress._routes import resolve_route
 
-    headers = {
-        k.decode("latin-1"): v.decode("latin-1")
-        for k, v in scope.get("headers") or ()
-        if k in (b"sentry-trace", b"baggage", b"traceparent")
-    }
     info: RequestRecord | None = record_of(scope)
     status = 0
 
@@ -370,21 +381,24 @@ async def run_traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -
             status = message["status"]
         await send(message)
 
+    applied = asgi_applied()
     with sentry_sdk.isolation_scope():
+        token = applied.set(True)
         transaction = sentry_sdk.continue_trace(
-            headers,
-            op="http.server",
-            name=scope.get("path", ""),
-            source="url",
-            origin="auto.http.buttress",
+            incoming_trace(scope), op="http.server", name=scope.get("path", ""), source="url"
         )
-        with sentry_sdk.start_transaction(transaction):
-            try:
-                await app(scope, receive, send_status)
-            finally:
-                route = resolve_route(scope, info)
-                if route is not None:
-                    transaction.name = route
-                    transaction.source = "route"
-                    sentry_sdk.get_current_scope().set_transaction_name(route, source="route")
-                transaction.set_http_status(status or 500)
+        transaction.origin = "auto.http.buttress"  # a keyword of continue_trace since 2.x
+        try:
+            with sentry_sdk.start_transaction(transaction):
+                try:
+                    await app(scope, receive, send_status)
+                finally:
+                    route = resolve_route(scope, info)
+                    if route is not None:
+                        transaction.name = route
+                        transaction.source = "route"
+                        current = sentry_sdk.Scope.get_current_scope()
+                        current.set_transaction_name(route, source="route")
+                    transaction.set_http_status(status or 500)
+        finally:
+            applied.reset(token)

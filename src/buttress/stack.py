@@ -48,6 +48,7 @@ def context_options(s: Settings) -> dict[str, Any]:
     """``RequestContextMiddleware`` options from settings."""
     return {
         "request_id_header": s.request_id_header,
+        "id_in_request": s.request_id_in_request,
         "trusted_proxies": s.trusted_proxies,
         "forwarded_header": s.forwarded_header,
         "access_log": s.access_log,
@@ -65,6 +66,11 @@ def metrics_options(s: Settings) -> dict[str, Any]:
         "max_routes": s.metrics_max_routes,
         "path_groups": s.metrics_path_groups,
         "group_status": s.metrics_group_status,
+        "skip_paths": s.metrics_skip_paths,
+        "skip_methods": s.metrics_skip_methods,
+        "extra_labels": s.metrics_extra_labels,
+        "duration_status": s.metrics_duration_status,
+        "request_size": s.metrics_request_size,
     }
 
 
@@ -75,7 +81,19 @@ def error_options(s: Settings) -> dict[str, Any]:
         "error_format": s.error_format,
         "body_limit": s.error_body_limit,
         "report_statuses": s.sentry_status_codes,
+        "report_budget": s.error_report_budget,
+        "namespace": s.metrics_namespace,
+        "secret_headers": _secret_headers(s),
+        "passthrough_json": s.error_passthrough_json,
     }
+
+
+def _secret_headers(s: Settings) -> tuple[str, ...]:
+    """Header names whose values never reach Sentry or a log: the rate-limit key header."""
+    key = s.rate_limit_key
+    if isinstance(key, str) and key.startswith("header:"):
+        return (key[7:],)
+    return ()
 
 
 def rate_limit_options(s: Settings) -> dict[str, Any]:
@@ -91,6 +109,7 @@ def rate_limit_options(s: Settings) -> dict[str, Any]:
         "storage": s.rate_limit_storage,
         "strategy": s.rate_limit_strategy,
         "headers": s.rate_limit_headers,
+        "header_style": s.rate_limit_header_style,
         "fail_open": s.rate_limit_fail_open,
         "exempt": s.rate_limit_exempt,
         "allow": s.rate_limit_allow,
@@ -116,6 +135,7 @@ def sentry_options(s: Settings) -> dict[str, Any]:
         "status_codes": s.sentry_status_codes,
         "exception_map": s.exception_map,
         "traces_sample_rate": s.sentry_traces_sample_rate,
+        "secret_headers": _secret_headers(s),
     }
 
 
@@ -161,7 +181,8 @@ def wrap(app: Any, settings: Settings | None = None, **overrides: Any) -> ASGIAp
 
     stack: ASGIApp = app
     stack = RateLimitMiddleware(stack, registry=registry, **rate_limit_options(settings))
-    stack = ErrorMiddleware(stack, **error_options(settings))
+    if settings.errors:
+        stack = ErrorMiddleware(stack, registry=registry, **error_options(settings))
     if settings.metrics:
         stack = MetricsMiddleware(stack, registry=registry, **metrics_options(settings))
     outer = RequestContextMiddleware(stack, **context_options(settings))

@@ -1,0 +1,136 @@
+"""Charging a key to a rule's limits: one call per limit in memory, bounded calls to a remote storage.
+
+Each decision answers ``(rule, limit, remaining, reset_seconds)``: the rule and limit that
+rejected (remaining 0), or ``(None, tightest_limit, remaining, reset)`` when allowed (stats
+only when asked for). A remote decision is bounded by one time budget and raises
+``StorageDown`` past it (see ``ratelimit_storage``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from buttress.ratelimit_memory import MemoryStore
+from buttress.ratelimit_rules import Limit, Rule
+from buttress.ratelimit_storage import Limiter, StorageDown
+
+__all__ = ["Decider", "Outcome", "Plan"]
+
+Plan = tuple[tuple[Rule, Limit, dict[str, Any], int], ...]
+Outcome = tuple["Rule | None", "Limit | None", int, int]
+
+
+class Decider:
+    """The storage side of the rate limiter: memory counters or a ``limits.aio`` strategy."""
+
+    def __init__(self, storage: Any, strategy: str, budget: float) -> None:
+        self.strategy = strategy
+        self.budget = budget
+        self.memory: MemoryStore | None = storage if isinstance(storage, MemoryStore) else None
+        self.limiter: Limiter | None = None
+        if self.memory is not None:
+            self._hit: Callable[..., tuple[bool, int, float]] = getattr(
+                self.memory, strategy.replace("-", "_")
+            )
+        else:
+            self.limiter = Limiter(storage, strategy, budget)
+
+    def plan(self, pairs: Iterable[tuple[Rule, Limit]]) -> Plan:
+        """Every ``(rule, limit)`` with its counters in the memory store."""
+        assert self.memory is not None
+        table = self.memory.table
+        return tuple(
+            (rule, limit, *table(self.strategy, rule.name, limit.n, limit.expiry))
+            for rule, limit in pairs
+        )
+
+    async def decide(
+        self, pairs: Iterable[tuple[Rule, Limit]], key: str, *, want_stats: bool, cost: int = 1
+    ) -> Outcome:
+        """Charge ``key`` to every ``(rule, limit)``, in memory or remotely within the budget."""
+        if self.memory is not None:
+            return self.decide_memory(self.plan(pairs), key, want_stats, cost)
+        try:
+            return await asyncio.wait_for(
+                self._decide_remote(tuple(pairs), key, want_stats, cost), self.budget
+            )
+        except asyncio.TimeoutError:
+            raise StorageDown(f"no answer within {self.budget * 1000:g} ms") from None
+
+    def decide_memory(self, plan: Plan, key: str, want_stats: bool, cost: int = 1) -> Outcome:
+        """``decide`` over the memory store: one call per limit answers hit and stats."""
+        now = time.time()
+        hit = self._hit
+        best: Limit | None = None
+        best_remaining, best_reset = 1 << 62, 0.0
+        for rule, limit, table, tid in plan:
+            allowed, remaining, reset = hit(table, tid, key, limit.n, limit.expiry, now, cost)
+            if not allowed:
+                return rule, limit, 0, max(1, math.ceil(reset - now))
+            if remaining < best_remaining:
+                best, best_remaining, best_reset = limit, remaining, reset
+        if not want_stats or best is None:
+            return None, None, 0, 0
+        return None, best, best_remaining, max(0, math.ceil(best_reset - now))
+
+    async def _decide_remote(
+        self, pairs: tuple[tuple[Rule, Limit], ...], key: str, want_stats: bool, cost: int
+    ) -> Outcome:
+        limiter = self.limiter
+        assert limiter is not None
+        for rule, limit in pairs:
+            if not await limiter.call("hit", limit.item, rule.name, key, cost=cost):
+                stats = await limiter.call("get_window_stats", limit.item, rule.name, key)
+                return rule, limit, 0, max(1, math.ceil(float(stats.reset_time) - time.time()))
+        if not want_stats:
+            return None, None, 0, 0
+        best: tuple[Limit | None, int, float] = (None, 1 << 62, 0.0)
+        for rule, limit in pairs:
+            stats = await limiter.call("get_window_stats", limit.item, rule.name, key)
+            if int(stats.remaining) < best[1]:
+                best = (limit, int(stats.remaining), float(stats.reset_time))
+        return None, best[0], best[1], max(0, math.ceil(best[2] - time.time()))
+
+    async def peek(
+        self, pairs: Iterable[tuple[Rule, Limit]], key: str, cost: int = 1
+    ) -> tuple[Rule, Limit, int] | None:
+        """The ``(rule, limit, reset_seconds)`` that would refuse a hit now, changing nothing."""
+        pairs = tuple(pairs)
+        if self.memory is not None:
+            now = time.time()
+            for rule, limit, table, _ in self.plan(pairs):
+                if not self.memory.peek(
+                    self.strategy, table, key, limit.n, limit.expiry, now, cost
+                ):
+                    return rule, limit, self._reset_memory(table, key, limit, now)
+            return None
+        try:
+            return await asyncio.wait_for(self._peek_remote(pairs, key, cost), self.budget)
+        except asyncio.TimeoutError:
+            raise StorageDown(f"no answer within {self.budget * 1000:g} ms") from None
+
+    async def _peek_remote(
+        self, pairs: tuple[tuple[Rule, Limit], ...], key: str, cost: int
+    ) -> tuple[Rule, Limit, int] | None:
+        limiter = self.limiter
+        assert limiter is not None
+        for rule, limit in pairs:
+            if not await limiter.call("test", limit.item, rule.name, key, cost=cost):
+                stats = await limiter.call("get_window_stats", limit.item, rule.name, key)
+                return rule, limit, max(1, math.ceil(float(stats.reset_time) - time.time()))
+        return None
+
+    def _reset_memory(self, table: dict[str, Any], key: str, limit: Limit, now: float) -> int:
+        """Seconds until a refused key may pass again (a whole window at most)."""
+        state = table.get(key)
+        if self.strategy == "fixed-window" and state:
+            return max(1, math.ceil(float(state[0]) - now))
+        if self.strategy == "moving-window" and state:
+            inside = [float(t) for t in state if t > now - limit.expiry]
+            if inside:
+                return max(1, math.ceil(inside[0] + limit.expiry - now))
+        return max(1, math.ceil(limit.expiry - now % limit.expiry))
