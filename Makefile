@@ -6,7 +6,7 @@ DEV_STAMP := $(VENV)/.dev-installed
 BENCH_STAMP := $(VENV)/.bench-installed
 PIP := $(BIN)/python -m pip --disable-pip-version-check --quiet
 
-.PHONY: test tools lint typecheck unit demo bench soak clean
+.PHONY: test tools lint typecheck unit extras wheel demo bench soak clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -19,7 +19,7 @@ $(BENCH_STAMP): pyproject.toml $(DEV_STAMP)
 	$(PIP) install -e '.[dev,bench]'
 	touch $@
 
-test: tools lint typecheck unit
+test: tools lint typecheck unit extras
 
 # The servers and checkers the tests use for real: redis-server and promtool, from Debian's
 # packages, installed only when missing (and only where apt-get can run as root).
@@ -27,6 +27,7 @@ tools:
 	@missing=""; \
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
+	command -v memcached >/dev/null 2>&1 || missing="$$missing memcached"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing (Debian packages) for the tests"; \
@@ -44,6 +45,15 @@ typecheck: $(DEV_STAMP)
 
 unit: $(DEV_STAMP)
 	$(BIN)/python -m pytest -n 2 --dist loadgroup
+
+# What a new user installs, in fresh virtual environments from the package index: the wheel
+# with the server extra, and the memcached extra against a real memcached.
+extras: tools $(DEV_STAMP)
+	$(BIN)/python -m pytest -n 2 -p no:cacheprovider tests/extras_install.py tests/extras_memcached.py
+
+# The installable package of this checkout: dist/buttress-<version>-py3-none-any.whl.
+wheel: | $(BIN)/python
+	$(PIP) wheel --no-deps -w dist .
 
 soak: $(DEV_STAMP)
 	$(BIN)/python -m pytest -m soak -p no:xdist

@@ -207,4 +207,4 @@ def sentry_ingest() -> Iterator[Any]:
             yield ingest
         finally:
             sentry_sdk.get_client().close()
-            sentry_sdk.get_global_scope().set_client(None)
+            sentry_sdk.Scope.get_global_scope().set_client(None)

@@ -386,8 +386,7 @@ async def test_a_slow_scrape_does_not_stall_other_requests() -> None:
             order.append("scrape")
 
         task = asyncio.create_task(scrape())
-        while not entered.is_set():
-            await asyncio.sleep(0)
+        assert await asyncio.to_thread(entered.wait, 10)  # the scrape is encoding
         response = await client.get("/ok")
         order.append("request")
         release.set()
@@ -413,9 +412,7 @@ async def test_concurrent_scrapes_share_one_encoding() -> None:
     registry.register(CountingCollector())  # type: ignore[arg-type]
     async with client_for(app) as client:
         tasks = [asyncio.create_task(client.get("/metrics")) for _ in range(20)]
-        while calls == 0:
-            await asyncio.sleep(0)
-        for _ in range(5):
+        for _ in range(50):  # let every scrape reach the endpoint while the first encodes
             await asyncio.sleep(0)
         release.set()
         responses = await asyncio.gather(*tasks)

@@ -51,7 +51,8 @@ async def test_unhandled_error_reported_once_with_request_id(
     assert event["tags"]["request_id"] == resp.headers["x-request-id"]
     assert event["tags"]["http_status"] == 500
     assert event["exception"]["values"][-1]["type"] == "RuntimeError"
-    assert event["transaction"] == "/boom"
+    # A raw ASGI app has no route templates: the URL is in event["request"], never the name.
+    assert event["transaction"] == ("<unmatched>" if framework == "raw" else "/boom")
     assert SECRET not in sentry_ingest.raw_text  # the handler's local "password" is scrubbed
 
 
@@ -190,6 +191,21 @@ async def test_transaction_named_by_route_template(
     names = [t["transaction"] for t in sentry_ingest.transactions]
     assert names == ["/items/{item_id}"]
     assert sentry_ingest.transactions[0]["transaction_info"]["source"] == "route"
+
+
+async def test_unmatched_paths_never_name_a_transaction_or_an_event(
+    sentry_ingest: SentryIngest, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A scanner's random 404s give one bounded transaction name, never the raw URL."""
+    monkeypatch.setenv("SENTRY_DSN", sentry_ingest.dsn)
+    app = stack(build("starlette"), sentry_traces_sample_rate="1", sentry_status_codes="404")
+    async with client_for(app) as client:
+        for path in ("/wp-admin/x.php", "/.env", "/a/b/c"):
+            assert (await client.get(path)).status_code == 404
+    sentry_sdk.flush(timeout=10)
+    names = {t["transaction"] for t in sentry_ingest.transactions}
+    assert names == {"<unmatched>"}
+    assert {e["transaction"] for e in sentry_ingest.events} <= {"<unmatched>"}
 
 
 # --- what reaches Sentry --------------------------------------------------------------------
@@ -369,3 +385,33 @@ async def test_tags_and_breadcrumbs_stay_with_their_request(
         assert event["tags"]["who"] == who
         crumbs = [c.get("message", "") for c in event["breadcrumbs"]["values"]]
         assert [c for c in crumbs if c.startswith("crumb-")] == [f"crumb-{who}"]
+
+
+@pytest.mark.parametrize("limit", ["0", "4096"])
+async def test_json_request_bodies_reach_sentry_only_when_asked(
+    limit: str, sentry_ingest: SentryIngest, logs: LogCapture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """BUTTRESS_SENTRY_REQUEST_BODIES attaches a JSON body (credential keys filtered); off by default."""
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.routing import Route
+
+    async def checkout(request: Request) -> None:
+        await request.json()
+        raise RuntimeError("payment failed")
+
+    monkeypatch.setenv("SENTRY_DSN", sentry_ingest.dsn)
+    app = stack(
+        Starlette(routes=[Route("/checkout", checkout, methods=["POST"])]),
+        sentry_request_bodies=limit,
+    )
+    body = {"cart": [1, 2], "card": {"number": "4242", "password": "hunter2-hunter2"}}
+    async with client_for(app) as client:
+        assert (await client.post("/checkout", json=body)).status_code == 500
+    (event,) = flushed(sentry_ingest)
+    assert "hunter2-hunter2" not in sentry_ingest.raw_text
+    if limit == "0":
+        assert "data" not in event["request"]
+    else:
+        assert event["request"]["data"]["cart"] == [1, 2]
+        assert event["request"]["data"]["card"]["password"] == "[Filtered]"

@@ -26,6 +26,7 @@ __all__ = [
     "EXCEPTION_KEY",
     "RATELIMIT_KEY",
     "RECORD_KEY",
+    "REQUEST_BODY_KEY",
     "ROUTE_KEY",
     "RequestRecord",
     "app_path",
@@ -41,6 +42,8 @@ ROUTE_KEY: Final = "buttress.route"
 EXCEPTION_KEY: Final = "buttress.exception"
 #: The rate limiter of the stack, for route-level limits (``buttress.fastapi.rate_limit``).
 RATELIMIT_KEY: Final = "buttress.ratelimit"
+#: The JSON request body kept for Sentry (``BUTTRESS_SENTRY_REQUEST_BODIES``), as bytes.
+REQUEST_BODY_KEY: Final = "buttress.request_body"
 
 #: The status of a request whose client went away before any answer (nginx's 499).
 CANCELLED_STATUS: Final = 499

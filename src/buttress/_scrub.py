@@ -75,8 +75,11 @@ def warm() -> None:
 def is_sensitive(name: str, pii_allowed: bool = False, extra: Iterable[str] = ()) -> bool:
     """Whether a header, parameter or variable called ``name`` holds a secret (or an IP)."""
     low = name.lower().replace("-", "_")
-    if low in extra:
-        return True
+    return low in extra or _sensitive_name(low, pii_allowed)
+
+
+@functools.lru_cache(maxsize=4096)
+def _sensitive_name(low: str, pii_allowed: bool) -> bool:
     long_creds, short_creds, pii, pii_words = _terms()
     if any(t in low for t in long_creds):
         return True
@@ -173,6 +176,8 @@ def mask_request(
             request["query_string"] = masked
     elif query:
         request.pop("query_string", None)  # a shape we cannot read: not sent
+    if "data" in request:
+        request["data"] = _mask_data(request["data"], pii_allowed, extra, found, 0)
     if not pii_allowed:
         env = request.get("env")
         if isinstance(env, dict):
@@ -183,6 +188,25 @@ def mask_request(
             if not env:
                 request.pop("env")
         request.pop("cookies", None)
+
+
+def _mask_data(value: Any, pii: bool, extra: Iterable[str], found: set[str], depth: int) -> Any:
+    """A JSON request body with the values of sensitive keys filtered (and collected)."""
+    if depth > 20:
+        return FILTERED
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for key, item in value.items():
+            if isinstance(key, str) and is_sensitive(key, pii, extra):
+                if isinstance(item, str):
+                    add_secret(found, item)
+                out[key] = FILTERED
+            else:
+                out[key] = _mask_data(item, pii, extra, found, depth + 1)
+        return out
+    if isinstance(value, list):
+        return [_mask_data(item, pii, extra, found, depth + 1) for item in value]
+    return value
 
 
 def _unrepr(text: str) -> str:

@@ -20,7 +20,6 @@ import inspect
 import json
 import os
 import sys
-from collections.abc import Iterator
 from typing import Any
 
 from buttress._asgi import ASGIApp
@@ -128,20 +127,11 @@ def resolve_app(obj: Any, target: str, *, factory: bool) -> tuple[ASGIApp, bool]
     return app, True
 
 
-@contextlib.contextmanager
-def _panel_silenced(panels: list[Settings]) -> Iterator[None]:
+def _panel_silenced(panels: list[Settings]) -> contextlib.AbstractContextManager[None]:
     """Keep ``wrap()`` from printing the development panel; collect its settings instead."""
-    from buttress import devmode
+    from buttress.devmode import collect_summaries
 
-    def collect(settings: Settings, **_: Any) -> None:
-        panels.append(settings)
-
-    printer = devmode.print_startup_summary
-    devmode.print_startup_summary = collect
-    try:
-        yield
-    finally:
-        devmode.print_startup_summary = printer
+    return collect_summaries(panels)
 
 
 @dataclasses.dataclass

@@ -1,4 +1,4 @@
-"""The ``buttress`` command: serve any ASGI app wrapped in the stack, show settings, demo.
+"""The ``buttress`` command: serve any ASGI app wrapped in the stack, show settings and routes, demo.
 
 ``buttress run myapp.main:app`` needs no change to the app's code: the app (or what its
 factory returns) is imported in each uvicorn worker through ``buttress._serve`` and
@@ -99,6 +99,21 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--app-dir", default=None, help="import MODULE from this directory")
     run.add_argument("--version", action="version", version=_version())
     sub.add_parser("config", help="print the effective settings (secrets masked)")
+    routes = sub.add_parser(
+        "routes",
+        help="list the app's routes and what buttress does with each, without serving",
+        description=(
+            "List every route MODULE:ATTR declares with its metrics label, rate limit, key "
+            "and access logging under the current BUTTRESS_* settings, and every limit "
+            "pattern or exemption that matches no route (exit status 1)."
+        ),
+    )
+    routes.add_argument("app", metavar="MODULE:ATTR", help="the ASGI app, e.g. myapp.main:app")
+    routes.add_argument(
+        "--factory", action="store_true", help="MODULE:ATTR is a function returning the app"
+    )
+    routes.add_argument("--app-dir", default=None, help="import MODULE from this directory")
+    routes.add_argument("--json", action="store_true", help="print JSON for machines")
     demo = sub.add_parser("demo", help="serve a bundled example app with the whole stack")
     demo.add_argument("--host", default="127.0.0.1")
     demo.add_argument("--port", type=int, default=8000)
@@ -126,6 +141,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "config":
         return _config(settings)
+    if args.command == "routes":
+        return _routes(settings, args)
     return _demo(settings, args.host, args.port)
 
 
@@ -240,6 +257,35 @@ def _config(settings: Settings) -> int:
     table.add_row("SENTRY_DSN", sentry, "env" if dsn else "default")
     Console().print(table)  # as wide as the terminal (or COLUMNS), never wider
     return 0
+
+
+def _routes(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+
+    from rich.console import Console
+
+    from buttress._routelist import Policy, build_report, render
+    from buttress._serve import TargetError, resolve
+    from buttress.stack import is_stack
+
+    if args.app_dir:
+        sys.path.insert(0, args.app_dir)
+    try:
+        served = resolve(args.app, factory=args.factory)
+    except TargetError as exc:
+        print(f"buttress: {exc}", file=sys.stderr)
+        return 2
+    except (ImportError, AttributeError, ValueError) as exc:
+        print(f"buttress: cannot load {args.app!r}: {exc}", file=sys.stderr)
+        return 2
+    stacked = is_stack(served.app)
+    policy = Policy.from_stack(served.app) if stacked else Policy.from_settings(settings)
+    report = build_report(served.app, policy)
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        render(report, Console())  # as wide as the terminal (or COLUMNS), never wider
+    return int(report["exit"])
 
 
 def _demo(settings: Settings, host: str, port: int) -> int:

@@ -196,6 +196,29 @@ def _label_sources(raw: Any) -> dict[str, Any]:
     return out
 
 
+ACCESS_FIELDS = (
+    "route",
+    "status",
+    "duration_ms",
+    "user_agent",
+    "response_bytes",
+    "query",
+    "http_version",
+    "referer",
+    "request_bytes",
+)
+#: What the access log writes unless ``BUTTRESS_ACCESS_LOG_FIELDS`` says otherwise.
+ACCESS_DEFAULT_FIELDS = ACCESS_FIELDS[:5]
+
+
+def _access_fields(raw: Any) -> tuple[str, ...]:
+    fields = _csv(raw)
+    unknown = [f for f in fields if f not in ACCESS_FIELDS]
+    if unknown or not fields:
+        raise _Invalid("expected comma-separated fields among " + ", ".join(ACCESS_FIELDS))
+    return fields
+
+
 def _path_or_empty(raw: Any) -> str:
     path = str(raw).strip()
     if path and (not path.startswith("/") or any(c.isspace() for c in path)):
@@ -478,6 +501,19 @@ FIELDS: tuple[Field, ...] = (
         "Comma-separated paths never access-logged; empty means the metrics path.",
     ),
     Field(
+        "access_log_fields",
+        _access_fields,
+        "route,status,duration_ms,user_agent,response_bytes",
+        "Access-log fields; add `query` (credentials masked), `http_version`, `referer`, "
+        "`request_bytes`, or leave some out.",
+    ),
+    Field(
+        "access_log_4xx_level",
+        _choice("info", "warning"),
+        "warning",
+        "Level of access lines for 4xx answers (5xx are errors, the rest info).",
+    ),
+    Field(
         "request_id_header",
         _header_name,
         "X-Request-ID",
@@ -545,6 +581,13 @@ FIELDS: tuple[Field, ...] = (
         _status_codes,
         "500-599",
         "Statuses reported to Sentry, e.g. `409,500-599`.",
+    ),
+    Field(
+        "sentry_request_bodies",
+        _int_range(0, 1024 * 1024),
+        "0",
+        "Attach JSON request bodies up to this many bytes to Sentry events (keys naming "
+        "credentials filtered); 0 attaches none.",
     ),
     Field(
         "sentry_traces_sample_rate",
@@ -735,6 +778,8 @@ class Settings:
     configure_logging: bool
     access_log: bool
     access_log_exclude: tuple[str, ...]
+    access_log_fields: tuple[str, ...]
+    access_log_4xx_level: str
     request_id_header: str
     request_id_in_request: bool
     trusted_proxies: tuple[IPNetwork, ...]
@@ -746,6 +791,7 @@ class Settings:
     error_passthrough_json: bool
     error_report_budget: int
     sentry_status_codes: frozenset[int]
+    sentry_request_bodies: int
     sentry_traces_sample_rate: float
     metrics: bool
     metrics_path: str

@@ -20,7 +20,7 @@ import structlog
 
 from buttress._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
 from buttress._request import RECORD_KEY, RequestRecord, app_path, client_ip
-from buttress.config import IPNetwork, option
+from buttress.config import ACCESS_DEFAULT_FIELDS, IPNetwork, option
 
 __all__ = [
     "RequestContextMiddleware",
@@ -172,6 +172,8 @@ class RequestContextMiddleware:
         id_generator: Callable[[], str] | None = None,
         id_validator: Callable[[str], bool] | None = None,
         id_in_request: bool = False,
+        access_log_fields: Iterable[str] | str = ACCESS_DEFAULT_FIELDS,
+        access_log_4xx_level: str = "warning",
     ) -> None:
         from buttress.logs import AccessLogger, LogThrottle
 
@@ -187,7 +189,16 @@ class RequestContextMiddleware:
         )
         self._forwarded = option("forwarded_header", "forwarded_header", forwarded_header)
         enabled = option("access_log", "access_log", access_log)
-        self._access = AccessLogger() if enabled else None
+        self._access = (
+            AccessLogger(
+                fields=option("access_log_fields", "access_log_fields", access_log_fields),
+                client_error_level=option(
+                    "access_log_4xx_level", "access_log_4xx_level", access_log_4xx_level
+                ),
+            )
+            if enabled
+            else None
+        )
         self._exclude = frozenset(
             option("access_log_exclude", "access_log_exclude", access_log_exclude)
         )

@@ -11,6 +11,7 @@ and drawn off the event loop. Locals never reach JSON output.
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import sys
 import threading
@@ -124,8 +125,30 @@ def startup_summary(settings: Settings) -> Panel:
     return Panel(table, title="buttress", subtitle="development mode", expand=False)
 
 
+#: While ``collect_summaries`` runs: where panels go instead of being printed.
+_collecting: list[Settings] | None = None
+
+
+@contextlib.contextmanager
+def collect_summaries(into: list[Settings]) -> Iterator[None]:
+    """Collect the settings of panels ``wrap()`` would print, instead of printing them.
+
+    ``buttress run`` imports (and maybe wraps) the app in each worker; it prints the panel
+    once itself, so a wrap at import time must not print one per worker.
+    """
+    global _collecting
+    before, _collecting = _collecting, into
+    try:
+        yield
+    finally:
+        _collecting = before
+
+
 def print_startup_summary(settings: Settings, *, console: Console | None = None) -> None:
     """Print the start-up panel to ``console`` (default: standard error)."""
+    if _collecting is not None:
+        _collecting.append(settings)
+        return
     if console is None:
         from rich.console import Console
 

@@ -99,6 +99,7 @@ class ErrorMiddleware:
         namespace: str = "",
         secret_headers: Iterable[str] = (),
         passthrough_json: bool = False,
+        request_bodies: int = 0,
     ) -> None:
         self.app = app
         parsed = option("exception_map", "exception_map", exception_map or {})
@@ -114,6 +115,7 @@ class ErrorMiddleware:
         self._passthrough_json = option(
             "passthrough_json", "error_passthrough_json", passthrough_json
         )
+        self._bodies = option("request_bodies", "sentry_request_bodies", request_bodies)
         warm()
         self._log = structlog.get_logger("buttress.errors")
         self._too_big = LogThrottle(60.0)
@@ -149,6 +151,10 @@ class ErrorMiddleware:
             LOG_SECRETS.reset(secrets)
 
     async def _handle(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._bodies and (self._scopes is not None or self._traced):
+            from buttress.sentry import keep_json_body
+
+            receive = keep_json_body(scope, receive, self._bodies)
         responder = _Responder(self, scope, send)
         try:
             await self.app(scope, receive, responder.send)

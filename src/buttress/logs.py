@@ -19,6 +19,7 @@ import re
 import sys
 import threading
 import time
+from collections.abc import Iterable
 from typing import Any, TextIO
 
 import orjson
@@ -32,7 +33,7 @@ from buttress._asgi import Scope
 from buttress._logtakeover import LOGGED_MARK, take_over, text_traceback
 from buttress._request import RequestRecord
 from buttress._scrub import scrub_log_event
-from buttress.config import option
+from buttress.config import ACCESS_DEFAULT_FIELDS, ACCESS_FIELDS, option
 
 __all__ = ["AccessLogger", "LogThrottle", "configure_logging"]
 
@@ -264,14 +265,26 @@ class AccessLogger:
     # Under any other logging set-up the event goes through structlog like any other.
     """
 
-    def __init__(self) -> None:
+    #: Fields written unless ``fields`` says otherwise; ``query``, ``http_version``,
+    #: ``referer`` and ``request_bytes`` are there to choose too.
+    DEFAULT_FIELDS = ACCESS_DEFAULT_FIELDS
+    FIELDS = ACCESS_FIELDS
+
+    def __init__(
+        self, *, fields: Iterable[str] = DEFAULT_FIELDS, client_error_level: str = "warning"
+    ) -> None:
         from buttress._routes import resolve_route
 
         self._resolve = resolve_route
+        chosen = tuple(fields)
+        unknown = [f for f in chosen if f not in self.FIELDS]
+        if unknown:
+            raise ValueError(f"access log fields {unknown!r} are not among {self.FIELDS!r}")
+        self._fields = frozenset(chosen)
+        self._standard = chosen == self.DEFAULT_FIELDS
+        self._client_error = client_error_level
         log = structlog.get_logger("buttress.access").bind()
-        self._info = log.info
-        self._warning = log.warning
-        self._error = log.error
+        self._emit = {"info": log.info, "warning": log.warning, "error": log.error}
         factory = structlog.get_config().get("logger_factory")
         self._direct: _DirectWriter | None = None
         if isinstance(factory, _LoggerFactory) and factory.json_format:
@@ -280,24 +293,47 @@ class AccessLogger:
     def log(self, scope: Scope, record: RequestRecord, error: BaseException | None) -> None:
         """Write the access event of a finished request (its status decided on the record)."""
         status = record.final_status(error)
-        user_agent = None
+        level = "info" if status < 400 else self._client_error if status < 500 else "error"
+        if self._direct is not None and not self._direct.enabled(level):
+            return
+        user_agent = referer = None
         for key, value in scope.get("headers") or ():
             if key == b"user-agent":
                 user_agent = value[:_USER_AGENT_MAX].decode("latin-1")
-                break
-        event = {
-            "route": self._resolve(scope, record),
+            elif key == b"referer":
+                referer = value[:_USER_AGENT_MAX].decode("latin-1")
+        event: dict[str, Any] = {
+            # One word for "no route matched", in the access log as in the metrics.
+            "route": self._resolve(scope, record) or "<unmatched>",
             "status": status,
             # microseconds, as milliseconds with 3 decimals (4x cheaper than round(x, 3))
             "duration_ms": int(record.duration() * 1_000_000.0 + 0.5) / 1000,
             "user_agent": user_agent,
             "response_bytes": record.sent,
         }
+        if not self._standard:
+            event = self._chosen(event, scope, record, referer)
         if self._direct is not None:
-            self._direct.write(event, status)
+            self._direct.write(event, level)
             return
-        emit = self._info if status < 400 else self._warning if status < 500 else self._error
-        emit("request", **event)
+        self._emit[level]("request", **event)
+
+    def _chosen(
+        self, event: dict[str, Any], scope: Scope, record: RequestRecord, referer: str | None
+    ) -> dict[str, Any]:
+        fields = self._fields
+        if "query" in fields:
+            from buttress._scrub import masked_query
+
+            raw = scope.get("query_string", b"").decode("latin-1")
+            event["query"] = masked_query(raw, True, (), set()) if raw else ""
+        if "http_version" in fields:
+            event["http_version"] = scope.get("http_version")
+        if "referer" in fields:
+            event["referer"] = referer
+        if "request_bytes" in fields:
+            event["request_bytes"] = record.received
+        return {key: value for key, value in event.items() if key in fields}
 
 
 class _DirectWriter:
@@ -318,14 +354,14 @@ class _DirectWriter:
         except (AttributeError, OSError, ValueError):  # StringIO and friends: no descriptor
             self._fd = None
         self._lock = threading.Lock()
-        self._min_status = 0 if level <= logging.INFO else 400 if level <= logging.WARNING else 500
-        if level > logging.ERROR:
-            self._min_status = 1000
+        self._level = level
         self._clock = _UtcClock()
 
-    def write(self, event: dict[str, Any], status: int) -> None:
-        if status < self._min_status:
-            return
+    def enabled(self, level: str) -> bool:
+        """Whether a line at ``level`` passes the configured log level."""
+        return _LEVELS[level] >= self._level
+
+    def write(self, event: dict[str, Any], level: str) -> None:
         event["event"] = "request"
         for var in contextvars.copy_context():
             name = var.name
@@ -333,7 +369,7 @@ class _DirectWriter:
                 value = var.get()
                 if value is not Ellipsis:
                     event.setdefault(name[10:], value)
-        event["level"] = "info" if status < 400 else "warning" if status < 500 else "error"
+        event["level"] = level
         event["logger"] = "buttress.access"
         event["timestamp"] = self._clock.now()
         try:
@@ -351,6 +387,9 @@ class _DirectWriter:
         with self._lock:
             self._file.write(line.decode())
             self._file.flush()
+
+
+_LEVELS = {"info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
 class _UtcClock:

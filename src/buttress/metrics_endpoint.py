@@ -192,6 +192,8 @@ class MetricsEndpoint:
         return await asyncio.shield(running)
 
     def _encode(self, encoder: Any, zipped: bool) -> bytes:
+        if not self._multiprocess:
+            _warn_if_one_of_several_workers()
         body: bytes = encoder(self._scrape_registry())
         return gzip.compress(body, compresslevel=6) if zipped else body
 
@@ -216,3 +218,63 @@ def _multiprocess() -> bool:
     from buttress._registry import multiprocess_enabled
 
     return multiprocess_enabled()
+
+
+_checked_workers = False
+
+
+def sibling_workers() -> int:
+    """How many processes, this one included, run the same command under the same parent.
+
+    Under ``uvicorn --workers N``, ``hypercorn --workers N`` or ``granian --workers N`` each
+    worker is such a sibling (spawned workers differ only in the numbers of their command
+    line, which are ignored) (granian starts them one by one, so this is asked at the first
+    scrape, not at start-up). Linux only (``/proc``); 1 where it cannot tell.
+    """
+    try:
+        parent = os.getppid()
+        with open(f"/proc/{os.getpid()}/cmdline", "rb") as file:
+            mine = _shape(file.read())
+        count = 0
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as file:
+                    stat_ppid = int(file.read().rpartition(b")")[2].split()[1])
+                if stat_ppid != parent:
+                    continue
+                with open(f"/proc/{entry}/cmdline", "rb") as file:
+                    if _shape(file.read()) == mine:
+                        count += 1
+            except (OSError, ValueError, IndexError):
+                continue
+        return max(count, 1)
+    except OSError:
+        return 1
+
+
+def _shape(cmdline: bytes) -> bytes:
+    """A command line without its numbers: spawned workers differ only in pipe handles."""
+    return bytes(c for c in cmdline if not 48 <= c <= 57)
+
+
+def _warn_if_one_of_several_workers() -> None:
+    """Warn once when several workers each answer scrapes with their own counts only."""
+    global _checked_workers
+    if _checked_workers:
+        return
+    _checked_workers = True
+    workers = sibling_workers()
+    if workers > 1:
+        import structlog
+
+        structlog.get_logger("buttress.metrics").warning(
+            "metrics_without_multiprocess_dir",
+            workers=workers,
+            message=(
+                f"{workers} worker processes serve this app but {MULTIPROC_ENV} is not set: "
+                "each scrape answers one worker's counts. Set it to an empty directory "
+                "writable by the workers before they start (buttress run --workers does)."
+            ),
+        )

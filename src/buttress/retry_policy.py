@@ -322,7 +322,9 @@ class Transient:
         options = self._options(self._observer(name), self._clock())
         if self._sleep is not None:
             options["sleep"] = self._sleep
-        return tenacity.Retrying(name=name, **options)
+        # ``name`` labels our own logs and metrics; tenacity's ``name=`` (9.2.1+) would only
+        # rename its repr and its log helpers, which these policies do not use.
+        return tenacity.Retrying(**options)
 
     def async_attempts(self, name: str = "attempts") -> tenacity.AsyncRetrying:
         """``async for attempt in policy.async_attempts("load"): with attempt: ...``."""
@@ -330,7 +332,7 @@ class Transient:
 
         options = self._options(self._observer(name), self._clock())
         options["sleep"] = _async_sleep(self._sleep)
-        return tenacity.AsyncRetrying(name=name, **options)
+        return tenacity.AsyncRetrying(**options)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
         """Decorate ``fn`` (sync or async); the wrapper keeps its name and signature."""

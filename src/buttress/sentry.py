@@ -26,9 +26,11 @@ import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from buttress._asgi import ASGIApp, Receive, Scope, Send
+import orjson
+
+from buttress._asgi import ASGIApp, Message, Receive, Scope, Send, get_header
 from buttress._exceptions import ExceptionMap, exception_status, normalize_map
-from buttress._request import RequestRecord, app_path, record_of
+from buttress._request import REQUEST_BODY_KEY, RequestRecord, app_path, record_of
 from buttress._scrub import mask_request, normal_names, request_secrets
 from buttress._scrub import scrub as _scrub
 from buttress.config import option
@@ -197,7 +199,7 @@ def report_exception(
     import sentry_sdk
     from sentry_sdk.utils import event_from_exception
 
-    from buttress._routes import resolve_route
+    from buttress._routes import UNMATCHED, resolve_route
 
     client = sentry_sdk.get_client()
     if not client.is_active():
@@ -221,8 +223,9 @@ def report_exception(
         extra["suppressed_since_last_report"] = suppressed
     event["extra"] = extra
     event["request"] = _request_data(scope, info)
-    event["transaction"] = route or scope.get("path", "")
-    event["transaction_info"] = {"source": "route" if route else "url"}
+    # A 404's raw URL would make one transaction name per scanned path: bounded instead.
+    event["transaction"] = route or UNMATCHED
+    event["transaction_info"] = {"source": "route"}
     event["level"] = "error"
     incoming = incoming_trace(scope)
     if incoming and not tracing_enabled():
@@ -278,6 +281,12 @@ def _request_data(scope: Scope, info: RequestRecord | None) -> dict[str, Any]:
     }
     if info is not None and info.client_ip:
         data["env"] = {"REMOTE_ADDR": str(info.client_ip)}  # dropped unless PII is allowed
+    body = scope.get(REQUEST_BODY_KEY)
+    if body:
+        try:
+            data["data"] = orjson.loads(body)  # masked by key in BeforeSend, like headers
+        except orjson.JSONDecodeError:
+            data["data"] = "[unparsable JSON body]"
     return data
 
 
@@ -370,7 +379,7 @@ async def run_traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -
     """
     import sentry_sdk
 
-    from buttress._routes import resolve_route
+    from buttress._routes import UNMATCHED, resolve_route
 
     info: RequestRecord | None = record_of(scope)
     status = 0
@@ -387,18 +396,46 @@ async def run_traced(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -
         transaction = sentry_sdk.continue_trace(
             incoming_trace(scope), op="http.server", name=scope.get("path", ""), source="url"
         )
-        transaction.origin = "auto.http.buttress"  # a keyword of continue_trace since 2.x
+        if hasattr(transaction, "origin"):  # spans have no origin in sentry-sdk 2.0.0
+            transaction.origin = "auto.http.buttress"
         try:
             with sentry_sdk.start_transaction(transaction):
                 try:
                     await app(scope, receive, send_status)
                 finally:
-                    route = resolve_route(scope, info)
-                    if route is not None:
-                        transaction.name = route
-                        transaction.source = "route"
-                        current = sentry_sdk.Scope.get_current_scope()
-                        current.set_transaction_name(route, source="route")
+                    route = resolve_route(scope, info) or UNMATCHED  # never the raw URL
+                    transaction.name = route
+                    transaction.source = "route"
+                    current = sentry_sdk.Scope.get_current_scope()
+                    current.set_transaction_name(route, source="route")
                     transaction.set_http_status(status or 500)
         finally:
             applied.reset(token)
+
+
+def keep_json_body(scope: Scope, receive: Receive, limit: int) -> Receive:
+    """``receive`` that keeps a JSON request body (up to ``limit`` bytes) for Sentry.
+
+    Off by default (``BUTTRESS_SENTRY_REQUEST_BODIES=0``), as sentry-sdk's own
+    ``max_request_body_size``: a body can hold personal data; keys that name a credential
+    are filtered before the event leaves, like headers. A larger body is not attached.
+    """
+    content_type = get_header(scope.get("headers") or (), b"content-type") or b""
+    if b"json" not in content_type.lower():
+        return receive
+    chunks: list[bytes] = []
+    size = 0
+
+    async def keeping() -> Message:
+        nonlocal size
+        message = await receive()
+        if message["type"] == "http.request" and size <= limit:
+            body = message.get("body", b"")
+            size += len(body)
+            if size <= limit:
+                chunks.append(body)
+                if not message.get("more_body", False):
+                    scope[REQUEST_BODY_KEY] = b"".join(chunks)
+        return message
+
+    return keeping

@@ -53,6 +53,8 @@ def context_options(s: Settings) -> dict[str, Any]:
         "forwarded_header": s.forwarded_header,
         "access_log": s.access_log,
         "access_log_exclude": s.access_log_exclude,
+        "access_log_fields": s.access_log_fields,
+        "access_log_4xx_level": s.access_log_4xx_level,
     }
 
 
@@ -85,6 +87,7 @@ def error_options(s: Settings) -> dict[str, Any]:
         "namespace": s.metrics_namespace,
         "secret_headers": _secret_headers(s),
         "passthrough_json": s.error_passthrough_json,
+        "request_bodies": s.sentry_request_bodies,
     }
 
 
