@@ -57,7 +57,9 @@ def test_every_route_of_every_framework_is_listed_with_its_limit(name: str) -> N
     report = _listing(f"tests.apps:{name}_app", env=env)
     assert report["framework"] == name and report["exit"] == 0
     for template in ROUTES:
-        (row,) = [r for r in _rows(report, template) if "GET" in r["methods"] or "*" in r["methods"]]
+        (row,) = [
+            r for r in _rows(report, template) if "GET" in r["methods"] or "*" in r["methods"]
+        ]
         assert row["framework"] == name and row["metrics_label"] == template
         assert row["access_log"] == "yes"
         limit = row["rate_limit"]
@@ -219,6 +221,18 @@ def test_an_app_that_wraps_itself_is_listed_with_its_own_settings(tmp_path: Path
     assert log["rate_limit"]["key"] == "header:x-api-key (else ip)"
     assert _rows(report, "/ok")[0]["rate_limit"]["exempt"]
     assert _rows(report, "/stream")[0]["access_log"] == "no"
+
+
+def test_an_app_that_wraps_itself_without_exemptions_is_listed(tmp_path: Path) -> None:
+    """A self-wrapped stack with no exemption and no metrics layer still lists its routes."""
+    (tmp_path / "bare.py").write_text(
+        "import buttress\nfrom tests.apps import quart_app\n"
+        "app = buttress.wrap(quart_app(), metrics=False, metrics_path='', rate_limit='3/hour')\n"
+    )
+    report = _listing("bare:app", cwd=tmp_path)
+    assert report["exit"] == 0 and not _rows(report, "/metrics")
+    (ok,) = _rows(report, "/ok")
+    assert ok["metrics"] == "off" and ok["rate_limit"]["limits"] == ["3 per 1 hour"]
 
 
 def test_a_route_at_the_metrics_path_is_reported_as_shadowed(tmp_path: Path) -> None:

@@ -316,10 +316,16 @@ async def test_starlette_add_middleware(logs: LogCapture) -> None:
 
 def test_structlog_keeps_one_context_variable_per_key() -> None:
     """The layer sets structlog's own context variables; structlog sees and clears them as its own."""
-    from buttress.context import _BOUND_KEYS, _structlog_vars
+    from buttress.context import _BOUND_KEYS, _structlog_registry, _structlog_vars
 
     found = _structlog_vars()
     assert set(found) == set(_BOUND_KEYS)
+    # The table a request is cleaned through holds exactly structlog's variables.
+    registry = _structlog_registry()
+    assert set(found.values()) <= set(registry.values())
+    structlog.contextvars.bind_contextvars(probe_key="x")
+    assert "structlog_probe_key" in registry
+    structlog.contextvars.unbind_contextvars("probe_key")
     tokens = [var.set(f"v-{name}") for name, var in found.items()]
     try:
         bound = structlog.contextvars.get_contextvars()

@@ -42,11 +42,13 @@ def _canonical(path: str) -> str:
 def path_spellings(scope: Scope) -> list[str]:
     """Every canonical spelling under which some framework may route this request."""
     path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    if not root and "//" not in path and path[-1:] != "/" and path[:1] == "/":
+        return [path]  # already canonical: the common case costs no string work
     if "://" in path:
         absolute = _ABSOLUTE.match(path)
         if absolute is not None:
             path = path[absolute.end() :] or "/"
-    root: str = scope.get("root_path", "")
     first = _canonical(path)
     if not root:
         return [first]
@@ -93,6 +95,9 @@ class RouteTable:
         """The value of the first pattern any spelling of the request's path matches."""
         if method == "HEAD":
             method = "GET"
+        path: str = scope.get("path", "")
+        if not scope.get("root_path") and "//" not in path and path[-1:] != "/" and path[:1] == "/":
+            return self._match(method, path)  # already canonical: no spellings to try
         for path in path_spellings(scope):
             found = self._match(method, path)
             if found is not None:

@@ -205,10 +205,14 @@ def client_ip(
     peer: str | None = client[0] if client else None
     if peer is None:
         return None
+    if not trusted:  # the common case: no address parsing on the request path
+        if peer.startswith("::ffff:") and "." in peer:
+            return peer[7:]  # a dual-stack socket's IPv4 peer, in its IPv4 spelling
+        return peer
     peer_ip = _parse_ip(peer)
     if peer_ip is None:
         return peer  # a unix socket path or similar: not an address to walk from
-    if not trusted or not _trusted(peer_ip, trusted):
+    if not _trusted(peer_ip, trusted):
         return str(peer_ip)
     current: IPAddress = peer_ip
     for hop in reversed(_hops(scope.get("headers") or (), header)):

@@ -90,12 +90,12 @@ class Policy:
         return cls(
             source="settings given to the app's own wrap()",
             limiter=limiter,
-            exempt=_table_texts(limiter._exempt),
+            exempt=_table_texts(limiter._exempt) if limiter._exempt else [],
             access_log=context._access is not None,
             exclude=context._exclude,
             metrics=metrics is not None,
             metrics_path=metrics._path if metrics is not None else "",
-            skip=metrics._skip if metrics is not None else RouteTable(()),
+            skip=(metrics._skip if metrics is not None else None) or RouteTable(()),
             skip_methods=metrics._skip_methods if metrics is not None else frozenset(),
         )
 
@@ -303,7 +303,7 @@ def _limit_text(rate: dict[str, Any] | None) -> str:
     if rate is None:
         return "- (websocket)"
     if rate.get("exempt"):
-        return "exempt"
+        return "exempt" if rate["reason"] == "rate_limit_exempt" else "none (metrics layer)"
     limits = "; ".join(rate["limits"]) or "none"
     where = f" ({rate['pattern']})" if rate["pattern"] else (" (default)" if rate["limits"] else "")
     extra = [
@@ -321,22 +321,25 @@ def render(report: dict[str, Any], console: Any) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    rows = report["routes"]
+    mixed = len({row["framework"] for row in rows} - {"buttress"}) > 1
     table = Table(title=f"routes of the {report['framework']} app", show_lines=False)
-    for name, style in (("method", "cyan"), ("route", "bold"), ("framework", "dim")):
-        table.add_column(name, style=style, overflow="fold")
-    for name in ("metrics label", "rate limit", "key", "access log"):
+    table.add_column("method", style="cyan", overflow="fold")
+    table.add_column("route", style="bold", overflow="fold")
+    if mixed:  # a mount of another framework's app; else the title says it
+        table.add_column("framework", style="dim", overflow="fold")
+    for name in ("metrics label", "rate limit", "access log"):
         table.add_column(name, overflow="fold")
-    for row in report["routes"]:
-        rate = row["rate_limit"]
-        limited = rate and not rate.get("exempt") and (rate["limits"] or rate["ip_limits"])
+    for row in rows:
         label = row["metrics_label"] if row["metrics_label"] is not None else row["metrics"]
         method = ", ".join(row["methods"]) + (" (ws)" if row["kind"] == "websocket" else "")
-        key = rate["key"] if limited else "-"
-        cells = [method, row["template"], row["framework"], label, _limit_text(rate), key]
-        cells.append(row["access_log"])
+        cells = [method, row["template"], *([row["framework"]] if mixed else [])]
+        cells += [label, _limit_text(row["rate_limit"]), row["access_log"]]
         table.add_row(*(escape(str(c)) for c in cells))
     console.print(table)
-    console.print(f"{escape(report['settings'])}; client key: {escape(report['key'])}")
+    console.print(
+        f"{escape(report['settings'])}; limits are counted per client key: {escape(report['key'])}"
+    )
     for kind, what in (("rate_limits", "limit pattern"), ("exempt", "exemption")):
         for pattern in report["unmatched"][kind]:
             console.print(

@@ -88,27 +88,46 @@ def _structlog_vars() -> dict[str, ContextVar[Any]]:
     return found
 
 
-def _unbind_all() -> dict[ContextVar[Any], Any]:
-    """Unbind every structlog context key (the request starts clean); return what was bound.
+def _structlog_registry() -> dict[str, ContextVar[Any]]:
+    """structlog's own table of its context variables, one per bound key.
 
-    Under a server each request runs in a task of its own, but a test client (httpx's
-    ``ASGITransport``) or a proxying app serves requests one after another in one task: a
-    key the app bound with ``bind_contextvars`` would appear on the next request's lines.
+    # Strategy: a request must start from a clean structlog context. Under a server each
+    # request runs in a task of its own, but a test client (httpx's ``ASGITransport``) or a
+    # proxying app serves requests one after another in one task, and a key the app bound
+    # with ``bind_contextvars`` would appear on the next request's lines. Scanning every
+    # context variable of the process per request costs thousands of instructions; this
+    # table holds only structlog's, and while it holds only the keys this layer sets itself
+    # (the common case) there is nothing to clean at all. The table is private to
+    # structlog: tests/test_context.py fails the day it moves, and so does this lookup.
     """
+    registry: dict[str, ContextVar[Any]] = structlog.contextvars._CONTEXT_VARS
+    return registry
+
+
+def _unbind_foreign(
+    registry: dict[str, ContextVar[Any]], own: frozenset[ContextVar[Any]]
+) -> dict[ContextVar[Any], Any]:
+    """Unbind every structlog key but this layer's; return what was bound before."""
     bound: dict[ContextVar[Any], Any] = {}
-    for var, value in contextvars.copy_context().items():
-        if value is not Ellipsis and var.name.startswith("structlog_"):
-            bound[var] = value
-            var.set(Ellipsis)
+    for var in list(registry.values()):
+        if var not in own:
+            value = var.get(Ellipsis)
+            if value is not Ellipsis:
+                bound[var] = value
+                var.set(Ellipsis)
     return bound
 
 
-def _rebind(bound: dict[ContextVar[Any], Any]) -> None:
+def _rebind_foreign(
+    registry: dict[str, ContextVar[Any]],
+    own: frozenset[ContextVar[Any]],
+    bound: dict[ContextVar[Any], Any],
+) -> None:
     """Put back the structlog context of before the request; drop what the app bound."""
-    for var, value in contextvars.copy_context().items():
-        if var.name.startswith("structlog_"):
+    for var in list(registry.values()):
+        if var not in own:
             before = bound.get(var, Ellipsis)
-            if value is not before:
+            if var.get(Ellipsis) is not before:
                 var.set(before)
 
 
@@ -203,6 +222,9 @@ class RequestContextMiddleware:
             option("access_log_exclude", "access_log_exclude", access_log_exclude)
         )
         v = _structlog_vars()
+        self._registry = _structlog_registry()
+        self._own = frozenset(v.values())
+        self._n_own = len(self._own)
         self._v_request_id, self._v_method, self._v_path = v["request_id"], v["method"], v["path"]
         self._v_client_ip, self._v_trace_id, self._v_span_id = (
             v["client_ip"],
@@ -259,12 +281,15 @@ class RequestContextMiddleware:
                 ]
         ip = client_ip(scope, self._trusted, self._forwarded)
         method = scope.get("method", "GET") if kind == "http" else "WEBSOCKET"
-        path = app_path(scope)
-        record = RequestRecord(request_id, ip, scope.get("root_path", ""), path, method)
+        root = scope.get("root_path", "")
+        path = app_path(scope) if root else scope.get("path", "")
+        record = RequestRecord(request_id, ip, root, path, method)
         scope[RECORD_KEY] = record
 
         trace = parse_traceparent(traceparent) if traceparent is not None else None
-        outer = _unbind_all()
+        registry = self._registry
+        own = self._n_own
+        outer = _unbind_foreign(registry, self._own) if len(registry) > own else None
         t_request = self._v_request_id.set(request_id)
         t_method = self._v_method.set(method)
         t_path = self._v_path.set(scope.get("path", ""))
@@ -300,7 +325,8 @@ class RequestContextMiddleware:
             self._v_path.reset(t_path)
             self._v_method.reset(t_method)
             self._v_request_id.reset(t_request)
-            _rebind(outer)
+            if outer is not None or len(registry) > own:
+                _rebind_foreign(registry, self._own, outer or {})
 
 
 class _Responder:

@@ -165,10 +165,10 @@ class MetricsMiddleware:
         self._group_status = option("group_status", "metrics_group_status", group_status)
         chosen = option("buckets", "metrics_buckets", buckets)
         skipped = option("skip_paths", "metrics_skip_paths", skip_paths)
-        self._skip = RouteTable((p, True) for p in skipped)
+        self._skip: RouteTable | None = RouteTable((p, True) for p in skipped) or None
         self._skip_methods = frozenset(option("skip_methods", "metrics_skip_methods", skip_methods))
         labels = option("extra_labels", "metrics_extra_labels", extra_labels or {})
-        self._extra = ExtraLabels(labels, max_label_values)
+        self._extra: ExtraLabels | None = ExtraLabels(labels, max_label_values) or None
         self._duration_status = option(
             "duration_status", "metrics_duration_status", duration_status
         )
@@ -179,7 +179,8 @@ class MetricsMiddleware:
         self._routes: set[str] = {UNMATCHED, OTHER}
         self._cells: dict[tuple[Any, ...], _Cell] = {}
         self._statuses: dict[int, str] = {}
-        shape = Shape(self._extra.names, self._duration_status, self._request_size)
+        names = self._extra.names if self._extra is not None else ()
+        shape = Shape(names, self._duration_status, self._request_size)
 
         reg = self.registry
         if self._fast:
@@ -243,7 +244,9 @@ class MetricsMiddleware:
             await self.endpoint(scope, send)
             return
         method = record.method
-        if (self._skip and self._skip.match(method, scope)) or method in self._skip_methods:
+        if (self._skip is not None and self._skip.match(method, scope)) or (
+            method in self._skip_methods
+        ):
             await self.app(scope, receive, send)
             return
         if method not in self._methods:
@@ -282,12 +285,15 @@ class MetricsMiddleware:
                 route = OTHER
             else:
                 routes.add(route)
-        extra = self._extra.values(scope, record) if self._extra else ()
+        extra = self._extra.values(scope, record) if self._extra is not None else ()
         key = (method, route, status, *extra) if extra else (method, route, status)
         cell = self._cells.get(key)
         if cell is None:
             cell = self._bind(method, route, status, extra)
-        exemplar = self._exemplar(record) if self._exemplar is not None else None
+        if self._exemplar is exemplar_of:  # the default, inlined: the trace id, if any
+            exemplar = {"trace_id": record.trace_id} if record.trace_id is not None else None
+        else:
+            exemplar = self._exemplar(record) if self._exemplar is not None else None
         if not self._fast:
             _observe(cell, duration, record, exemplar)
             return

@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from buttress._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
 from buttress._registry import shared_counter
-from buttress._request import RATELIMIT_KEY, ROUTE_KEY
+from buttress._request import RATELIMIT_KEY, RECORD_KEY, ROUTE_KEY, RequestRecord
 from buttress.config import IPNetwork, option
 from buttress.logs import LogThrottle
 from buttress.ratelimit_decide import Decider
@@ -117,7 +117,7 @@ class RateLimitMiddleware:
         _check_shared(self.rules)
         self._routes = RouteTable(named)
         exempt_paths = option("exempt", "rate_limit_exempt", exempt)
-        self._exempt = RouteTable((path, True) for path in exempt_paths)
+        self._exempt: RouteTable | None = RouteTable((path, True) for path in exempt_paths) or None
         ip_spec = option("ip_limit", "rate_limit_ip", ip_limit)
         self._ip_rule = Rule("ip", parse_limits(ip_spec, "ip_limit"), interval) if ip_spec else None
         if self._ip_rule is not None:
@@ -241,7 +241,7 @@ class RateLimitMiddleware:
     def _rule_for(self, scope: Scope) -> Rule | bool | None:
         """The rule a request is charged to; None for none, False when it is exempt."""
         method: str = scope["method"]
-        if self._exempt and self._exempt.match(method, scope):
+        if self._exempt is not None and self._exempt.match(method, scope):
             return False
         if self._exempt_when is not None and self._exempt_when(scope):
             return False
@@ -268,7 +268,12 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if self._ip_key:
-            key: str | None = self.keys.ip(scope)
+            # ``ClientKeys.ip`` inlined: this is the per-request path of the default setup.
+            record: RequestRecord | None = scope.get(RECORD_KEY)
+            if record is not None and record.client_ip is not None and ":" not in record.client_ip:
+                key: str | None = record.client_ip
+            else:
+                key = self.keys.ip(scope)
         else:
             key = await self.keys.key_for(scope)
         if key is None:
@@ -279,9 +284,20 @@ class RateLimitMiddleware:
         if rule.count != "all":
             await self._counted_after(rule, key, scope, receive, send, head)
             return
-        extra = await self._enforce(rule, key, scope, send, head, stats=self._headers)
-        if extra is None:
-            return
+        if self._memory is not None:
+            # ``_enforce`` without a coroutine: the memory store answers synchronously.
+            rejected, limit, remaining, reset = self.decider.decide_memory(
+                rule.plan, key, self._headers, rule.cost
+            )
+            if rejected is not None and limit is not None:
+                await self._reject(rejected, limit, key, reset, scope, send, head)
+                return
+            extra = self._allow_headers(limit, remaining, reset) if limit is not None else []
+        else:
+            answered = await self._enforce(rule, key, scope, send, head, stats=self._headers)
+            if answered is None:
+                return
+            extra = answered
         if not extra:
             await self.app(scope, receive, send)
             return
