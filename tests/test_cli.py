@@ -10,6 +10,7 @@ import sys
 import httpx
 import pytest
 
+from tests.apps import FRAMEWORKS
 from tests.conftest import ROOT, start_server, stop
 
 
@@ -108,11 +109,12 @@ def test_run_refuses_an_unloadable_app() -> None:
 
 
 @pytest.mark.slow
-def test_run_serves_any_app_with_the_stack_over_tcp() -> None:
-    """`buttress run MODULE:ATTR` serves an unchanged app with request ids and JSON access logs."""
+@pytest.mark.parametrize("framework", FRAMEWORKS)
+def test_run_serves_any_app_with_the_stack_over_tcp(framework: str) -> None:
+    """`buttress run MODULE:ATTR` serves each framework's unchanged app with ids, JSON access logs and route labels."""
     proc, port = start_server(
         ["-m", "buttress.cli", "run", "tests.served:app", "--port", "{port}"],
-        env={"TEST_FRAMEWORK": "fastapi"},
+        env={"TEST_FRAMEWORK": framework},
     )
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
@@ -127,7 +129,7 @@ def test_run_serves_any_app_with_the_stack_over_tcp() -> None:
     access = [line for line in lines if line.get("logger") == "buttress.access"]
     assert [(a["path"], a["status"]) for a in access] == [("/items/42", 200), ("/nope", 404)]
     assert access[0]["request_id"] == "tcp-1"
-    assert access[0]["route"] == "/items/{item_id}"
+    assert access[0]["route"] == ("<unmatched>" if framework == "raw" else "/items/{item_id}")
     assert access[0]["client_ip"] == "127.0.0.1"
     # one format per process: uvicorn's own lines are JSON too, and it writes no access line of its own
     assert all(line.startswith("{") for line in output.splitlines() if line.strip()), output
