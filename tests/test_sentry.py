@@ -393,7 +393,6 @@ async def test_json_request_bodies_reach_sentry_only_when_asked(
 ) -> None:
     """BUTTRESS_SENTRY_REQUEST_BODIES attaches a JSON body (credential keys filtered); off by default."""
     from starlette.applications import Starlette
-    from starlette.requests import Request
     from starlette.routing import Route
 
     async def checkout(request: Request) -> None:

@@ -17,7 +17,6 @@ outages: see ``ratelimit_storage``; the counting itself: ``ratelimit_decide``.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any, Final
 
@@ -29,6 +28,13 @@ from buttress._registry import shared_counter
 from buttress._request import RATELIMIT_KEY, RECORD_KEY, ROUTE_KEY, RequestRecord
 from buttress.config import IPNetwork, option
 from buttress.logs import LogThrottle
+from buttress.ratelimit_answer import (
+    ascii_number,
+    check_shared,
+    log_rejection,
+    rate_headers,
+    send_body,
+)
 from buttress.ratelimit_decide import Decider
 from buttress.ratelimit_rules import ClientKeys, Limit, RouteTable, Rule, parse_limits, rules_from
 from buttress.ratelimit_storage import (
@@ -114,7 +120,7 @@ class RateLimitMiddleware:
             if charge_default and self._default is not None and not self._default.dynamic:
                 rule.chain = (rule, self._default)
             self.rules.append(rule)
-        _check_shared(self.rules)
+        check_shared(self.rules)
         self._routes = RouteTable(named)
         exempt_paths = option("exempt", "rate_limit_exempt", exempt)
         self._exempt: RouteTable | None = RouteTable((path, True) for path in exempt_paths) or None
@@ -184,6 +190,24 @@ class RateLimitMiddleware:
                 (owner, limit) for owner in rule.chain for limit in owner.limits
             )
 
+    def _warming(self, receive: Receive) -> Receive:
+        """``receive`` of the lifespan: on start-up, connect to the storage first.
+
+        A Redis Cluster client learns its slots on first use, which takes longer than one
+        decision's budget: without this, the first requests of a cold instance fail open.
+        """
+
+        async def warm_then_receive() -> Message:
+            message = await receive()
+            if message["type"] == "lifespan.startup" and not await self.decider.warm():
+                _log.warning(
+                    "rate_limit_storage_unavailable_at_startup",
+                    fail_open=self.fail_open,
+                )
+            return message
+
+        return warm_then_receive
+
     async def aclose(self) -> None:
         """Close the remote storage's connections (call it on lifespan shutdown)."""
         await close_storage(self.storage)
@@ -217,10 +241,11 @@ class RateLimitMiddleware:
         if rejected is None or limit is None:
             return None
         label = route or name
-        _log_rejection(label, limit, key, self._rejections.labels(label), self._check_throttle)
+        log_rejection(label, limit, key, self._rejections.labels(label), self._check_throttle)
         seconds = str(reset)
         headers = {
-            name.decode(): value.decode() for name, value in self._reject_headers(limit, reset)
+            name.decode(): value.decode()
+            for name, value in rate_headers(self._style, limit, 0, reset)
         }
         return Rejection(429, limit.detail, {"Retry-After": seconds, **headers})
 
@@ -252,6 +277,8 @@ class RateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan" and self._memory is None:
+                receive = self._warming(receive)
             await self.app(scope, receive, send)
             return
         scope[RATELIMIT_KEY] = self
@@ -292,7 +319,7 @@ class RateLimitMiddleware:
             if rejected is not None and limit is not None:
                 await self._reject(rejected, limit, key, reset, scope, send, head)
                 return
-            extra = self._allow_headers(limit, remaining, reset) if limit is not None else []
+            extra = rate_headers(self._style, limit, remaining, reset) if limit is not None else []
         else:
             answered = await self._enforce(rule, key, scope, send, head, stats=self._headers)
             if answered is None:
@@ -327,7 +354,7 @@ class RateLimitMiddleware:
             return None
         if limit is None:
             return []
-        return self._allow_headers(limit, remaining, reset)
+        return rate_headers(self._style, limit, remaining, reset)
 
     async def _counted_after(
         self, rule: Rule, key: str, scope: Scope, receive: Receive, send: Send, head: bool
@@ -365,87 +392,16 @@ class RateLimitMiddleware:
         self.record_outage(error)
         if self.fail_open:
             return []
-        await _send_body(send, 503, _UNAVAILABLE_BODY, [], head)
+        await send_body(send, 503, _UNAVAILABLE_BODY, [], head)
         return None
 
     async def _reject(
         self, rule: Rule, limit: Limit, key: str, reset: int, scope: Scope, send: Send, head: bool
     ) -> None:
-        _log_rejection(rule.label, limit, key, rule.rejections, rule.throttle)
+        log_rejection(rule.label, limit, key, rule.rejections, rule.throttle)
         if rule.label not in ("*", "ip"):
             # The app never ran, so no framework named the route: the limit's own
             # pattern is the template the metrics and the access log should show.
             scope.setdefault(ROUTE_KEY, rule.template)
-        extra = [(b"retry-after", _ascii(reset)), *self._reject_headers(limit, reset)]
-        await _send_body(send, 429, limit.body, extra, head)
-
-    def _reject_headers(self, limit: Limit, reset: int) -> Headers:
-        return self._allow_headers(limit, 0, reset)
-
-    def _allow_headers(self, limit: Limit, remaining: int, reset: int) -> Headers:
-        style = self._style
-        out: Headers = []
-        if style != "x":
-            out += [
-                (b"ratelimit-limit", limit.amount),
-                (b"ratelimit-remaining", _ascii(remaining)),
-                (b"ratelimit-reset", _ascii(reset)),
-            ]
-        if style != "ietf":  # the de-facto X-RateLimit-* names; reset as a Unix time
-            out += [
-                (b"x-ratelimit-limit", limit.amount),
-                (b"x-ratelimit-remaining", _ascii(remaining)),
-                (b"x-ratelimit-reset", str(int(time.time()) + reset).encode("ascii")),
-            ]
-        return out
-
-
-def _log_rejection(route: str, limit: Limit, key: str, counter: Any, throttle: LogThrottle) -> None:
-    """Count a rejection and log it, throttled (the line says how many it stands for)."""
-    counter.inc()
-    suppressed = throttle.allow()
-    if suppressed is not None:
-        _log.warning(
-            "rate_limit_exceeded",
-            limit=str(limit.item),
-            route=route,
-            key=key,
-            suppressed=suppressed,
-        )
-
-
-def _check_shared(rules: Iterable[Rule]) -> None:
-    """Routes of one ``shared`` group must agree on the limit they share."""
-    seen: dict[str, Rule] = {}
-    for rule in rules:
-        first = seen.setdefault(rule.name, rule)
-        if first is not rule and _specs(first) != _specs(rule):
-            raise ValueError(
-                f"limits[{rule.label!r}] and limits[{first.label!r}] share "
-                f"{rule.name.removeprefix('shared:')!r} but not the same limit; give every "
-                "route of a shared group the same limit string."
-            )
-
-
-def _specs(rule: Rule) -> list[str]:
-    return [str(limit.item) for limit in rule.limits]
-
-
-#: The header values 0..4095 as bytes, built on first use (most counts and resets fit).
-_NUMBERS: list[bytes] = []
-
-
-def _ascii(number: int) -> bytes:
-    if not _NUMBERS:
-        _NUMBERS.extend(str(n).encode("ascii") for n in range(4096))
-    return _NUMBERS[number] if 0 <= number < 4096 else str(number).encode("ascii")
-
-
-async def _send_body(send: Send, status: int, body: bytes, extra: Headers, head: bool) -> None:
-    headers: Headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode("ascii")),
-        *extra,
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": headers})
-    await send({"type": "http.response.body", "body": b"" if head else body})
+        extra = [(b"retry-after", ascii_number(reset)), *rate_headers(self._style, limit, 0, reset)]
+        await send_body(send, 429, limit.body, extra, head)

@@ -1,7 +1,9 @@
 """Redis decisions in one round trip: a Lua script hits every limit of a rule and answers its window.
 
-# Strategy: one script per strategy, run with EVALSHA on a connection taken straight from
-# the redis-py pool (hiredis parses the reply when it is installed). The script does what
+# Strategy: one script per strategy (``ratelimit_scripts``), run with EVALSHA packed here
+# and sent on a redis-py connection kept between decisions (taken from the pool once;
+# hiredis parses the reply when it is installed; no socket timeout, the decision budget
+# cuts every call off). Cluster clients route it by slot themselves. The script does what
 # limits' own Redis scripts do for ``hit``, ``test`` and ``get_window_stats``, in the
 # order ``ratelimit_decide`` asks for them (limits are charged in turn and the first that
 # refuses stops the rest), and returns the raw window state; the float arithmetic of the
@@ -18,194 +20,26 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any, Final
+
+from buttress.ratelimit_scripts import SCRIPTS, WIDTH
 
 if TYPE_CHECKING:
     from buttress.ratelimit_rules import Limit, Rule
 
 __all__ = ["ScriptDecider", "script_client"]
 
-# ARGV: mode ('h' hit, 's' hit and answer every window, 'p' peek), cost, now, then
-# (amount, expiry) per limit. The reply: {refused index or 0, state of each window
-# answered...}; a hit answers only the refused window, or every window in mode 's'.
-_HEAD: Final = """
-local mode, cost, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local out = {0}
-"""
 
-# Fixed window: limits' incr_expire.lua; a window is (count, ttl in seconds).
-_FIXED: Final = (
-    _HEAD
-    + """
-local function state(key)
-  out[#out + 1] = tonumber(redis.call('get', key)) or 0
-  out[#out + 1] = redis.call('ttl', key)
-end
-for i = 1, #KEYS do
-  local limit, expiry = tonumber(ARGV[2 + 2 * i]), ARGV[3 + 2 * i]
-  if mode == 'p' then
-    if (tonumber(redis.call('get', KEYS[i])) or 0) >= limit - cost + 1 then
-      out[1] = i
-      state(KEYS[i])
-      return out
-    end
-  else
-    local current = redis.call('incrby', KEYS[i], cost)
-    if current == cost then
-      redis.call('expire', KEYS[i], expiry)
-    end
-    if current > limit then
-      out[1] = i
-      state(KEYS[i])
-      return out
-    end
-  end
-end
-if mode == 's' then
-  for i = 1, #KEYS do state(KEYS[i]) end
-end
-return out
-"""
-)
+def _bulk(value: bytes) -> bytes:
+    """One RESP bulk string."""
+    return b"$%d\r\n%s\r\n" % (len(value), value)
 
-# Moving window: limits' acquire_moving_window.lua and moving_window.lua (a binary search
-# for the oldest entry inside the window); a window is (oldest entry or '', count).
-_MOVING: Final = (
-    _HEAD
-    + """
-local function state(key, limit, expiry)
-  local target = tonumber(now) - expiry
-  local low, high, found = 0, limit - 1, nil
-  while low <= high do
-    local mid = math.floor((low + high) / 2)
-    local val = tonumber(redis.call('lindex', key, mid))
-    if val and val >= target then
-      found = mid
-      low = mid + 1
-    else
-      high = mid - 1
-    end
-  end
-  if found then
-    out[#out + 1] = tostring(tonumber(redis.call('lindex', key, found)))
-    out[#out + 1] = found + 1
-  else
-    out[#out + 1] = ''
-    out[#out + 1] = 0
-  end
-  return found and found + 1 or 0
-end
-for i = 1, #KEYS do
-  local limit, expiry = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-  if mode == 'p' then
-    local mark = #out
-    if state(KEYS[i], limit, expiry) > limit - cost then
-      out[1] = i
-      return out
-    end
-    out[mark + 1], out[mark + 2] = nil, nil
-  else
-    local ok = cost <= limit
-    if ok then
-      local entry = redis.call('lindex', KEYS[i], limit - cost)
-      ok = not (entry and tonumber(entry) >= tonumber(now) - expiry)
-    end
-    if not ok then
-      out[1] = i
-      state(KEYS[i], limit, expiry)
-      return out
-    end
-    local entries = {}
-    for j = 1, cost do entries[j] = now end
-    for j = 1, #entries, 5000 do
-      redis.call('lpush', KEYS[i], unpack(entries, j, math.min(j + 4999, #entries)))
-    end
-    redis.call('ltrim', KEYS[i], 0, limit - 1)
-    redis.call('expire', KEYS[i], expiry)
-  end
-end
-if mode == 's' then
-  for i = 1, #KEYS do
-    state(KEYS[i], tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i]))
-  end
-end
-return out
-"""
-)
 
-# Sliding window counter: limits' acquire_sliding_window.lua and sliding_window.lua (both
-# move an ended window to the previous key first); KEYS are (previous, current) per
-# limit, a window is (previous count, its pttl, current count, its pttl), ttls in ms.
-_SLIDING: Final = (
-    _HEAD
-    + """
-local function shift(prev, cur, expiry)
-  local ttl = tonumber(redis.call('pttl', cur))
-  if ttl > 0 and ttl < expiry then
-    redis.call('rename', cur, prev)
-    redis.call('set', cur, 0, 'PX', ttl + expiry)
-  end
-end
-local function state(prev, cur)
-  local pc = tonumber(redis.call('get', prev)) or 0
-  local pt = tonumber(redis.call('pttl', prev)) or 0
-  local cc = tonumber(redis.call('get', cur)) or 0
-  local ct = tonumber(redis.call('pttl', cur)) or 0
-  out[#out + 1], out[#out + 2], out[#out + 3], out[#out + 4] = pc, pt, cc, ct
-  return pc, math.max(pt, 0), cc
-end
-for i = 1, #KEYS / 2 do
-  local prev, cur = KEYS[2 * i - 1], KEYS[2 * i]
-  local limit, expiry = tonumber(ARGV[2 + 2 * i]), tonumber(ARGV[3 + 2 * i])
-  if mode == 'p' then
-    shift(prev, cur, expiry * 1000)
-    local mark = #out
-    local pc, pt, cc = state(prev, cur)
-    -- limits' test(): the weighted count in float seconds, not floored
-    if pc * (pt / 1000) / expiry + cc >= limit - cost + 1 then
-      out[1] = i
-      return out
-    end
-    for j = mark + 1, mark + 4 do out[j] = nil end
-  else
-    local ms = expiry * 1000
-    local ok = cost <= limit
-    if ok then
-      shift(prev, cur, ms)
-      local pc = tonumber(redis.call('get', prev)) or 0
-      local pt = tonumber(redis.call('pttl', prev)) or 0
-      local cc = tonumber(redis.call('get', cur)) or 0
-      if pt <= 0 then pt = 0 end
-      ok = math.floor(pc * pt / ms) + cc + cost <= limit
-    end
-    if not ok then
-      out[1] = i
-      shift(prev, cur, ms)
-      state(prev, cur)
-      return out
-    end
-    if redis.call('exists', cur) == 1 then
-      redis.call('incrby', cur, cost)
-    else
-      redis.call('set', cur, cost, 'PX', ms * 2)
-    end
-  end
-end
-if mode == 's' then
-  for i = 1, #KEYS / 2 do
-    shift(KEYS[2 * i - 1], KEYS[2 * i], tonumber(ARGV[3 + 2 * i]) * 1000)
-    state(KEYS[2 * i - 1], KEYS[2 * i])
-  end
-end
-return out
-"""
-)
-
-SCRIPTS: Final = {"fixed-window": _FIXED, "moving-window": _MOVING, "sliding-window-counter": _SLIDING}
-_WIDTH: Final = {"fixed-window": 2, "moving-window": 2, "sliding-window-counter": 4}
+_MODES: Final = {mode: _bulk(mode.encode()) for mode in "hsp"}
 
 
 def script_client(storage: Any) -> tuple[Any, str, bool] | None:
@@ -228,18 +62,44 @@ def script_client(storage: Any) -> tuple[Any, str, bool] | None:
 class _Entry:
     """How one ``(rule, limit)`` names its keys, with its amount and expiry as sent."""
 
-    __slots__ = ("amount", "expiry", "head", "limit", "n", "rule", "seconds", "tail")
+    __slots__ = (
+        "amount",
+        "args",
+        "expiry",
+        "head",
+        "head_b",
+        "limit",
+        "n",
+        "rule",
+        "seconds",
+        "tail",
+        "tail_b",
+    )
 
-    def __init__(self, rule: Rule, limit: Limit, prefix: str, cluster: bool) -> None:
+    def __init__(self, rule: Rule, limit: Limit, prefix: str, cluster: bool, sliding: bool) -> None:
         item = limit.item
         self.rule, self.limit = rule, limit
         self.n, self.seconds = limit.n, limit.expiry
         self.amount, self.expiry = str(limit.n), str(limit.expiry)
+        self.args = _bulk(self.amount.encode()) + _bulk(self.expiry.encode())
+        name = f"{item.namespace}/{rule.name}/"
         tail = f"/{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
-        if cluster:  # the client key goes in front, as the hash tag
-            self.head, self.tail = f"{prefix}:{{", f"}}:{item.namespace}/{rule.name}/\0{tail}"
+        if cluster:  # the client key leads as the hash tag; ``keys`` fills the rest in
+            self.head, self.tail = f"{prefix}:{{", f"}}:{name}"
+        elif sliding:  # limits' pair: "<prefix>:{<name>}/-1" and "<prefix>:{<name>}"
+            self.head, self.tail = f"{prefix}:{{{name}", f"{tail}}}"
         else:
-            self.head, self.tail = f"{prefix}:{item.namespace}/{rule.name}/", tail
+            self.head, self.tail = f"{prefix}:{name}", tail
+        self.head_b, self.tail_b = self.head.encode(), self.tail.encode()
+
+    def keys(self, key: str, cluster: bool, sliding: bool, item_tail: str) -> list[str]:
+        """The key names, as text (the cluster client takes them so)."""
+        if cluster:
+            tag = key.replace("{", "").replace("}", "")
+            name = self.head + tag + self.tail + key + item_tail
+        else:
+            name = self.head + key + self.tail
+        return [name + "/-1", name] if sliding else [name]
 
 
 class ScriptDecider:
@@ -251,81 +111,154 @@ class ScriptDecider:
     def __init__(self, client: Any, prefix: str, cluster: bool, strategy: str) -> None:
         import hashlib
 
-        from redis.exceptions import NoScriptError
+        from redis.exceptions import NoScriptError, RedisError
 
         self.client = client
         self.prefix = prefix
         self.cluster = cluster
         self.strategy = strategy
         self.sliding = strategy == "sliding-window-counter"
-        self.width = _WIDTH[strategy]
+        self.width = WIDTH[strategy]
         self.source = SCRIPTS[strategy]
-        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+        self.sha = hashlib.sha1(self.source.encode(), usedforsecurity=False).hexdigest()
         self._no_script = NoScriptError
+        #: Errors that mean the storage is down for now (a failover: READONLY, LOADING...).
+        self.errors: tuple[type[BaseException], ...] = (RedisError, OSError)
         self._entries: dict[tuple[Rule, Limit], _Entry] = {}
         self._pool = None if cluster else client.connection_pool
+        self._ready: asyncio.Future[Any] | None = None
+        #: Connections kept between decisions (taken from the pool once, not per call;
+        #: closed with the pool by ``close_storage``).
+        self._idle: list[Any] = []
+        self._evalsha = _bulk(b"EVALSHA") + _bulk(self.sha.encode())
+        self._eval = _bulk(b"EVAL") + _bulk(self.source.encode())
 
-    def _keys(self, pairs: Sequence[tuple[Rule, Limit]], key: str) -> tuple[list[_Entry], list[str]]:
+    def _entry(self, pair: tuple[Rule, Limit]) -> _Entry:
         entries = self._entries
-        out: list[_Entry] = []
+        if len(entries) >= self.CACHE:
+            entries.clear()
+        entry = entries[pair] = _Entry(pair[0], pair[1], self.prefix, self.cluster, self.sliding)
+        return entry
+
+    def _keys(
+        self, pairs: Iterable[tuple[Rule, Limit]], key: str
+    ) -> tuple[list[_Entry], list[str]]:
+        """The entries of ``pairs`` and the key names of ``key`` under them, as text."""
+        out = [self._entries.get(pair) or self._entry(pair) for pair in pairs]
         keys: list[str] = []
-        tag = key.replace("{", "").replace("}", "") if self.cluster else ""
-        for pair in pairs:
-            entry = entries.get(pair)
-            if entry is None:
-                if len(entries) >= self.CACHE:
-                    entries.clear()
-                entry = entries[pair] = _Entry(pair[0], pair[1], self.prefix, self.cluster)
-            out.append(entry)
-            if self.cluster:
-                name = entry.head + tag + entry.tail.replace("\0", key, 1)
-            else:
-                name = entry.head + key + entry.tail
-            if self.sliding:  # limits' pair: "{name}/-1" (previous) and "{name}" (current)
-                if self.cluster:
-                    keys += (name + "/-1", name)
-                else:
-                    prefix, _, rest = name.partition(":")
-                    current = f"{prefix}:{{{rest}}}"
-                    keys += (current + "/-1", current)
-            else:
-                keys.append(name)
+        for entry in out:
+            item = entry.limit.item
+            tail = f"/{item.amount}/{item.multiples}/{item.GRANULARITY.name}"
+            keys += entry.keys(key, self.cluster, self.sliding, tail)
         return out, keys
 
-    async def _run(self, mode: str, entries: list[_Entry], keys: list[str], cost: int, now: float) -> Any:
+    def _pack(
+        self, pairs: Iterable[tuple[Rule, Limit]], key: str, mode: str, cost: int, now: float
+    ) -> tuple[list[_Entry], list[bytes]]:
+        """The entries of ``pairs`` and the script's arguments, packed (RESP) in one go.
+
+        redis-py's ``pack_command`` encodes argument by argument; here only the client
+        key and the time are encoded per call, the rest was encoded once per entry.
+        """
+        entries = self._entries
+        out = [entries.get(pair) or self._entry(pair) for pair in pairs]
+        raw = key.encode()
+        body: list[bytes] = []
+        if self.sliding:
+            for entry in out:
+                name = entry.head_b + raw + entry.tail_b
+                body += (b"$%d\r\n%s/-1\r\n" % (len(name) + 3, name), _bulk(name))
+        else:
+            body += [_bulk(entry.head_b + raw + entry.tail_b) for entry in out]
+        nkeys = len(body)
+        body += [entry.args for entry in out]
+        body[nkeys:nkeys] = (_MODES[mode], _bulk(b"%d" % cost), _bulk(repr(now).encode()))
+        return out, [b"*%d\r\n" % (6 + nkeys + 2 * len(out)), _bulk(b"%d" % nkeys), *body]
+
+    async def _call(self, packed: list[bytes]) -> list[bytes]:
+        """EVALSHA on a connection of our own; EVAL when the server lost the script."""
+        idle = self._idle
+        conn = idle.pop() if idle else await self._pool.get_connection()  # type: ignore[union-attr]
+        try:
+            # packed: the array header first, then the script and its arguments
+            packed.insert(1, self._evalsha)
+            await conn.send_packed_command(packed, False)
+            try:
+                reply = await conn.read_response()
+            except self._no_script:  # a restarted or new server: EVAL loads it again
+                packed[1] = self._eval
+                await conn.send_packed_command(packed, False)
+                reply = await conn.read_response()
+        except BaseException:
+            # Cancelled by the budget or failed mid-reply: the connection may hold half
+            # an answer, so it goes back to the pool closed, never to the idle list.
+            await conn.disconnect()
+            await self._pool.release(conn)  # type: ignore[union-attr]
+            raise
+        idle.append(conn)
+        return bytes(reply).split()
+
+    async def _call_cluster(
+        self, mode: str, pairs: Iterable[tuple[Rule, Limit]], key: str, cost: int, now: float
+    ) -> tuple[list[_Entry], list[bytes]]:
+        """The cluster client routes by slot (all keys share the client key's hash tag)."""
+        await self._cluster_ready()
+        entries, keys = self._keys(pairs, key)
         args: list[Any] = [len(keys), *keys, mode, cost, now]
         for entry in entries:
             args += (entry.amount, entry.expiry)
-        pool = self._pool
-        if pool is None:  # cluster: the client routes by slot and handles MOVED
-            try:
-                return await self.client.execute_command("EVALSHA", self.sha, *args)
-            except self._no_script:
-                return await self.client.execute_command("EVAL", self.source, *args)
-        conn = await pool.get_connection()
         try:
-            await conn.send_packed_command(conn.pack_command("EVALSHA", self.sha, *args), False)
-            try:
-                return await conn.read_response()
-            except self._no_script:  # a restarted or new server: EVAL loads it again
-                await conn.send_packed_command(conn.pack_command("EVAL", self.source, *args), False)
-                return await conn.read_response()
-        except BaseException:
-            # Cancelled by the budget or failed mid-reply: the connection may hold half
-            # an answer, so it is not handed out again as it is.
-            await conn.disconnect()
-            raise
-        finally:
-            await pool.release(conn)
+            reply = await self.client.execute_command("EVALSHA", self.sha, *args)
+        except self._no_script:
+            reply = await self.client.execute_command("EVAL", self.source, *args)
+        return entries, bytes(reply).split()
 
-    async def decide(
-        self, pairs: Sequence[tuple[Rule, Limit]], key: str, want_stats: bool, cost: int
+    async def warm(self) -> None:
+        """Connect and load the script now rather than on the first request.
+
+        A cluster client learns the slots, so the first decisions do not fail open while it
+        does; a plain one keeps the connection for the first decision.
+        """
+        if self._pool is None:
+            await self._cluster_ready()
+            await self.client.script_load(self.source)
+            return
+        conn = await self._pool.get_connection()
+        try:
+            await conn.send_command("SCRIPT", "LOAD", self.source)
+            await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            await self._pool.release(conn)
+            raise
+        self._idle.append(conn)
+
+    async def _cluster_ready(self) -> None:
+        """Let the cluster client learn the slots, in a task the budget does not cancel.
+
+        Learning the cluster takes longer than a decision's budget (about 100 ms at first):
+        cut off each time, it would never finish and every decision would fail open.
+        """
+        ready = self._ready
+        if ready is None or (ready.done() and (ready.cancelled() or ready.exception())):
+            ready = self._ready = asyncio.ensure_future(self.client.initialize())
+        if not ready.done():
+            await asyncio.shield(ready)
+
+    async def run(
+        self, mode: str, pairs: Iterable[tuple[Rule, Limit]], key: str, cost: int, now: float
+    ) -> tuple[list[_Entry], list[bytes]]:
+        """The script's reply for ``pairs`` and ``key``, split into fields (see ``_HEAD``)."""
+        if self._pool is None:
+            return await self._call_cluster(mode, pairs, key, cost, now)
+        entries, packed = self._pack(pairs, key, mode, cost, now)
+        return entries, await self._call(packed)
+
+    def decision(
+        self, entries: list[_Entry], reply: list[bytes], want_stats: bool, now: float
     ) -> tuple[Rule | None, Limit | None, int, int]:
-        """``Decider.decide`` over Redis: one script call hits every limit in turn."""
-        entries, keys = self._keys(pairs, key)
-        now = time.time()
-        reply = await self._run("s" if want_stats else "h", entries, keys, cost, now)
-        refused = reply[0]
+        """``Decider.decide``'s answer from the script's reply to a hit."""
+        refused = int(reply[0])
         if refused:
             entry = entries[refused - 1]
             reset, _ = self.window(entry, reply, 1, now)
@@ -342,18 +275,32 @@ class ScriptDecider:
                 best, best_remaining, best_reset = entry.limit, remaining, reset
         return None, best, best_remaining, max(0, math.ceil(best_reset - now))
 
-    async def peek(
-        self, pairs: Sequence[tuple[Rule, Limit]], key: str, cost: int
+    def refusal(
+        self, entries: list[_Entry], reply: list[bytes], now: float
     ) -> tuple[Rule, Limit, int] | None:
-        """``Decider.peek`` over Redis: limits' ``test`` of every limit in one script call."""
-        entries, keys = self._keys(pairs, key)
-        now = time.time()
-        reply = await self._run("p", entries, keys, cost, now)
-        if not reply[0]:
+        """``Decider.peek``'s answer from the script's reply to a peek."""
+        refused = int(reply[0])
+        if not refused:
             return None
-        entry = entries[reply[0] - 1]
+        entry = entries[refused - 1]
         reset, _ = self.window(entry, reply, 1, now)
         return entry.rule, entry.limit, max(1, math.ceil(reset - now))
+
+    async def decide(
+        self, pairs: Iterable[tuple[Rule, Limit]], key: str, want_stats: bool, cost: int = 1
+    ) -> tuple[Rule | None, Limit | None, int, int]:
+        """``Decider.decide`` over Redis: one script call hits every limit in turn."""
+        now = time.time()
+        entries, reply = await self.run("s" if want_stats else "h", pairs, key, cost, now)
+        return self.decision(entries, reply, want_stats, now)
+
+    async def peek(
+        self, pairs: Iterable[tuple[Rule, Limit]], key: str, cost: int = 1
+    ) -> tuple[Rule, Limit, int] | None:
+        """``Decider.peek`` over Redis: limits' ``test`` of every limit in one script call."""
+        now = time.time()
+        entries, reply = await self.run("p", pairs, key, cost, now)
+        return self.refusal(entries, reply, now)
 
     def window(self, entry: _Entry, reply: Sequence[Any], at: int, now: float) -> tuple[float, int]:
         """limits' ``get_window_stats`` of one window in the reply: (reset time, remaining)."""
@@ -362,7 +309,7 @@ class ScriptDecider:
             return max(int(reply[at + 1]), 0) + now, max(0, amount - int(reply[at]))
         if self.strategy == "moving-window":
             oldest = reply[at]
-            if not oldest:
+            if oldest == b"-":
                 return now + expiry, amount
             return float(oldest) + expiry, amount - int(reply[at + 1])
         previous, current = int(reply[at]), int(reply[at + 2])

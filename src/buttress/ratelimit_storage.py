@@ -12,11 +12,16 @@
 # budget instead of waiting out socket timeouts. Then the request passes (fail-open, the
 # default) or gets a 503 (fail-closed). The redis client reconnects by itself, so limiting
 # resumes when the storage is back.
+
+# Strategy: Redis. The storage is still limits' (it builds the redis-py client for every
+# URI flavour: plain, TLS, unix socket, Sentinel, Cluster), but decisions over it run
+# buttress' own script on that client, one round trip each (``ratelimit_redis``).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Final
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 import structlog
 
@@ -32,6 +37,7 @@ __all__ = [
     "StorageDown",
     "check_strategy",
     "close_storage",
+    "retry_within",
     "storage_for",
     "warn_if_memory_with_workers",
 ]
@@ -46,6 +52,7 @@ _ASYNC_SCHEMES: Final = {
     "memcached": "async+memcached",
 }
 _REDIS_SCHEMES: Final = frozenset(s for s in _ASYNC_SCHEMES if s.startswith("redis"))
+T = TypeVar("T")
 STRATEGIES: Final = ("fixed-window", "moving-window", "sliding-window-counter")
 
 
@@ -89,10 +96,12 @@ def storage_for(uri: str, **options: Any) -> Any:
         from redis.asyncio.retry import Retry
         from redis.backoff import NoBackoff
 
+        # No socket timeout: the decision budget cuts off every call (a frozen server
+        # included), and redis-py runs each send in a task of its own when one is set.
         opts.update(
             implementation="redispy",
             socket_connect_timeout=0.5,
-            socket_timeout=0.5,
+            socket_timeout=None,
             retry=Retry(NoBackoff(), 0),
         )
     opts.update(options)
@@ -138,35 +147,60 @@ class Limiter:
         self._budget = retry_budget
         from limits.errors import StorageError
 
-        self._errors: tuple[type[BaseException], ...] = (StorageError, OSError, TimeoutError)
+        #: What counts as the storage being down (retried, then ``StorageDown``).
+        self.errors: tuple[type[BaseException], ...] = (StorageError, OSError, TimeoutError)
 
     async def call(self, method: str, item: RateLimitItem, *ids: str, **options: Any) -> Any:
         """Call an async strategy method, retrying storage errors within the budget."""
         func = getattr(self.aio, method)
         try:
             return await func(item, *ids, **options)
-        except self._errors:
+        except self.errors:
             pass
-        from tenacity import (
-            AsyncRetrying,
-            RetryError,
-            retry_if_exception_type,
-            stop_after_delay,
-            wait_exponential,
-        )
+        return await _retry(self._budget, self.errors, func, item, *ids, **options)
 
-        retrying = AsyncRetrying(
-            stop=stop_after_delay(self._budget),
-            wait=wait_exponential(multiplier=0.005, max=0.02),
-            retry=retry_if_exception_type(self._errors),
-        )
-        try:
-            async for attempt in retrying:
-                with attempt:
-                    return await func(item, *ids, **options)
-        except RetryError as exc:
-            raise StorageDown(str(exc.last_attempt.exception())) from None
-        raise StorageDown("no attempt was made")  # pragma: no cover
+
+async def retry_within(
+    func: Callable[..., Awaitable[T]],
+    budget: float,
+    errors: tuple[type[BaseException], ...],
+    *args: Any,
+) -> T:
+    """``await func(*args)``, retrying ``errors`` for ``budget`` seconds, then ``StorageDown``."""
+    try:
+        return await func(*args)
+    except errors:
+        pass
+    return await _retry(budget, errors, func, *args)
+
+
+async def _retry(
+    budget: float,
+    errors: tuple[type[BaseException], ...],
+    func: Callable[..., Awaitable[T]],
+    *args: Any,
+    **options: Any,
+) -> T:
+    from tenacity import (
+        AsyncRetrying,
+        RetryError,
+        retry_if_exception_type,
+        stop_after_delay,
+        wait_exponential,
+    )
+
+    retrying = AsyncRetrying(
+        stop=stop_after_delay(budget),
+        wait=wait_exponential(multiplier=0.005, max=0.02),
+        retry=retry_if_exception_type(errors),
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                return await func(*args, **options)
+    except RetryError as exc:
+        raise StorageDown(str(exc.last_attempt.exception())) from None
+    raise StorageDown("no attempt was made")  # pragma: no cover
 
 
 async def close_storage(storage: Any) -> None:
