@@ -164,14 +164,18 @@ async def test_a_decision_is_one_round_trip(strategy: str, redis_server: Any) ->
                 name.removeprefix("cmdstat_"): n - before.get(name, 0) for name, n in after.items()
             }
             sent.append(
-                {name: n for name, n in changed.items() if n and name not in INSIDE_SCRIPTS}
+                {
+                    name: n
+                    for name, n in changed.items()
+                    if n and name not in INSIDE_SCRIPTS | {"info", "hello"}
+                }
             )
             if len(sent) == 1:
                 assert outcome[1] is rule.limits[0] and outcome[2] == 8  # 10/second, 2 spent
     finally:
         await close_storage(script.limiter.storage)  # type: ignore[union-attr]
-    # "info" and "hello": the counting client itself.
-    assert sent == [{"evalsha": 1, "info": 1, "hello": 1}] * 2
+    # ("info" and, with redis-py 8, "hello" are the counting client itself.)
+    assert sent == [{"evalsha": 1}] * 2
 
 
 async def test_a_flushed_script_cache_is_reloaded(redis_server: Any) -> None:
