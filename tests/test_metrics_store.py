@@ -104,7 +104,6 @@ def _compare(plan: Any, sent: Any, options: dict[str, Any]) -> None:
         for fast in (True, False):
             clock = Clock()
             patch.setattr("time.perf_counter", clock)
-            patch.setattr("buttress.context._perf_counter", clock)
             app, registry = _stack(fast, clock, plan, patch, **options)
             for i, (method, path, traced) in enumerate(sent):
                 headers = [(b"traceparent", TRACE.encode())] if traced else []
@@ -129,7 +128,6 @@ def test_created_series_follow_prometheus_clients_switch(monkeypatch: pytest.Mon
     assert isinstance(metrics._use_created, bool)  # the private flag the store reads
     clock = Clock()
     monkeypatch.setattr("time.perf_counter", clock)
-    monkeypatch.setattr("buttress.context._perf_counter", clock)
     app, registry = _stack(True, clock, {"/a": (200, 1, 0.1)}, monkeypatch)
     _run(call(app, http_scope(path="/a")))
     assert "_created" in generate_latest(registry).decode()

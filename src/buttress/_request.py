@@ -19,7 +19,7 @@ import time
 from collections.abc import Iterable, Sequence
 from typing import Final
 
-from buttress._asgi import Scope
+from buttress._asgi import Headers, Message, Receive, Scope, Send
 from buttress.config import IPNetwork
 
 __all__ = [
@@ -28,6 +28,7 @@ __all__ = [
     "RECORD_KEY",
     "REQUEST_BODY_KEY",
     "ROUTE_KEY",
+    "RecordingResponder",
     "RequestRecord",
     "app_path",
     "client_ip",
@@ -128,6 +129,70 @@ class RequestRecord:
     def duration(self) -> float:
         """Seconds from arrival to the last body byte (or to now, if none was sent)."""
         return (self.end or time.perf_counter()) - self.start
+
+
+class RecordingResponder:
+    """One request's ``send`` and ``receive``, writing what they see on its record.
+
+    Records the status the client got (499 when the response start could not be sent
+    because the client left), the response headers, the body bytes both ways, when the last
+    body byte went out (so a background task after the response does not count as the
+    request's duration) and whether the client disconnected. With ``id_header``, that
+    header replaces any of the same name the app set (the request id on every response).
+    """
+
+    __slots__ = ("_id_header", "_receive", "_send", "record")
+
+    def __init__(
+        self,
+        record: RequestRecord,
+        send: Send,
+        receive: Receive,
+        id_header: tuple[bytes, bytes] | None = None,
+    ) -> None:
+        self.record = record
+        self._send = send
+        self._receive = receive
+        self._id_header = id_header
+
+    async def send(self, message: Message) -> None:
+        kind = message["type"]
+        record = self.record
+        if kind == "http.response.body":
+            record.sent += len(message.get("body", b""))
+            if not message.get("more_body", False):
+                record.end = time.perf_counter()
+        elif kind == "http.response.start":
+            record.status = message["status"]
+            if self._id_header is not None:
+                message["headers"] = _with_header(message.get("headers"), self._id_header)
+            record.response_headers = message.get("headers")
+            try:
+                await self._send(message)
+            except OSError:
+                record.status = CANCELLED_STATUS  # the client left before the answer started
+                raise
+            return
+        await self._send(message)
+
+    async def receive(self) -> Message:
+        message = await self._receive()
+        kind = message["type"]
+        if kind == "http.request":
+            self.record.received += len(message.get("body", b""))
+        elif kind == "http.disconnect":
+            self.record.disconnected = True
+        return message
+
+
+def _with_header(headers: Headers | None, header: tuple[bytes, bytes]) -> Headers:
+    """The response headers with ours in place of any the app set itself."""
+    name = header[0]
+    # ASGI asks for lower-case names, but an app that set its own id with any case must not
+    # keep a second one next to ours.
+    out = [h for h in headers or () if h[0].lower() != name]
+    out.append(header)
+    return out
 
 
 def record_of(scope: Scope) -> RequestRecord | None:

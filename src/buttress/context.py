@@ -13,13 +13,18 @@ import os
 import re
 from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
-from time import perf_counter as _perf_counter
 from typing import Any
 
 import structlog
 
-from buttress._asgi import ASGIApp, Headers, Message, Receive, Scope, Send
-from buttress._request import RECORD_KEY, RequestRecord, app_path, client_ip
+from buttress._asgi import ASGIApp, Receive, Scope, Send
+from buttress._request import (
+    RECORD_KEY,
+    RecordingResponder,
+    RequestRecord,
+    app_path,
+    client_ip,
+)
 from buttress.config import ACCESS_DEFAULT_FIELDS, IPNetwork, option
 
 __all__ = [
@@ -305,7 +310,9 @@ class RequestContextMiddleware:
             if kind == "websocket":
                 await self.app(scope, receive, send)
                 return
-            responder = _Responder(record, send, receive, (self._header, request_id.encode()))
+            responder = RecordingResponder(
+                record, send, receive, (self._header, request_id.encode())
+            )
             error: BaseException | None = None
             try:
                 await self.app(scope, responder.receive, responder.send)
@@ -327,64 +334,3 @@ class RequestContextMiddleware:
             self._v_request_id.reset(t_request)
             if outer is not None or len(registry) > own:
                 _rebind_foreign(registry, self._own, outer or {})
-
-
-class _Responder:
-    """One request's ``send`` and ``receive``: the id header, and the record's facts.
-
-    Records the status the client got (499 when the response start could not be sent
-    because the client left), the body bytes, when the last body byte went out (so a
-    background task after the response does not count as the request's duration) and
-    whether the client disconnected.
-    """
-
-    __slots__ = ("_id_header", "_receive", "_send", "record")
-
-    def __init__(
-        self, record: RequestRecord, send: Send, receive: Receive, id_header: tuple[bytes, bytes]
-    ) -> None:
-        self.record = record
-        self._send = send
-        self._receive = receive
-        self._id_header = id_header
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        record = self.record
-        if kind == "http.response.body":
-            record.sent += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                record.end = _perf_counter()
-        elif kind == "http.response.start":
-            record.status = message["status"]
-            message["headers"] = record.response_headers = _with_header(
-                message.get("headers"), self._id_header
-            )
-            try:
-                await self._send(message)
-            except OSError:
-                record.status = 499  # the client left before the answer started
-                raise
-            return
-        await self._send(message)
-
-    async def receive(self) -> Message:
-        message = await self._receive()
-        kind = message["type"]
-        if kind == "http.request":
-            self.record.received += len(message.get("body", b""))
-        elif kind == "http.disconnect":
-            self.record.disconnected = True
-        return message
-
-
-def _with_header(
-    headers: Iterable[tuple[bytes, bytes]] | None, header: tuple[bytes, bytes]
-) -> Headers:
-    """The response headers with ours in place of any the app set itself."""
-    name = header[0]
-    # ASGI asks for lower-case names, but an app that set its own id with any case must not
-    # keep a second one next to ours.
-    out = [h for h in headers or () if h[0].lower() != name]
-    out.append(header)
-    return out

@@ -31,7 +31,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from buttress._asgi import ASGIApp, Message, Receive, Scope, Send
+from buttress._asgi import ASGIApp, Receive, Scope, Send
 from buttress._paths import RouteTable
 from buttress._registry import (
     make_registry,
@@ -40,7 +40,7 @@ from buttress._registry import (
     shared_gauge,
     shared_histogram,
 )
-from buttress._request import RECORD_KEY, RequestRecord
+from buttress._request import RECORD_KEY, RecordingResponder, RequestRecord
 from buttress._routes import OTHER, UNMATCHED, resolve_route
 from buttress.config import DEFAULT_BUCKETS, option
 from buttress.metrics_endpoint import MetricsEndpoint, prepare_multiprocess_dir
@@ -74,44 +74,6 @@ class _Cell:
         self.duration = duration
         self.size = size
         self.request_size = request_size
-
-
-class _OwnResponder:
-    """Used alone (no context layer outside): records status, bytes and end on a record."""
-
-    __slots__ = ("_receive", "_send", "record")
-
-    def __init__(self, record: RequestRecord, send: Send, receive: Receive) -> None:
-        self.record = record
-        self._send = send
-        self._receive = receive
-
-    async def send(self, message: Message) -> None:
-        kind = message["type"]
-        record = self.record
-        if kind == "http.response.body":
-            record.sent += len(message.get("body", b""))
-            if not message.get("more_body", False):
-                record.end = time.perf_counter()
-        elif kind == "http.response.start":
-            record.status = message["status"]
-            record.response_headers = message.get("headers")
-            try:
-                await self._send(message)
-            except OSError:
-                record.status = 499  # the client left before the answer started
-                raise
-            return
-        await self._send(message)
-
-    async def receive(self) -> Message:
-        message = await self._receive()
-        kind = message["type"]
-        if kind == "http.request":
-            self.record.received += len(message.get("body", b""))
-        elif kind == "http.disconnect":
-            self.record.disconnected = True
-        return message
 
 
 class MetricsMiddleware:
@@ -235,7 +197,7 @@ class MetricsMiddleware:
         record: RequestRecord | None = scope.get(RECORD_KEY)
         if record is None:  # used alone: a record and a responder of our own
             record = RequestRecord.for_scope(scope)
-            own = _OwnResponder(record, send, receive)
+            own = RecordingResponder(record, send, receive)
             receive, send = own.receive, own.send
             from buttress.context import get_trace_id
 
