@@ -63,7 +63,15 @@ demo: | $(BIN)/python
 	@$(BIN)/python -c 'import buttress, uvicorn' 2>/dev/null || $(PIP) install -e '.[server]'
 	$(BIN)/buttress demo
 
+# wrk drives the server part, valgrind counts instructions; installed when missing (root + apt).
 bench: $(BENCH_STAMP)
+	@missing=""; \
+	command -v wrk >/dev/null 2>&1 || missing="$$missing wrk"; \
+	command -v valgrind >/dev/null 2>&1 || missing="$$missing valgrind"; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "installing$$missing (Debian packages) for the benchmark"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
 	$(BIN)/python benchmarks/run.py
 
 clean:

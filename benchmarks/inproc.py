@@ -122,6 +122,17 @@ def build(world: str, *, redis: bool = True) -> tuple[list[Config], dict[str, An
             add(f"layer-{layer}", apps.buttress_layer(layer, apps.starlette_app(), s))
         add("buttress-starlette", apps.buttress_stack(apps.starlette_app(), s))
         add("buttress-fastapi", apps.buttress_stack(apps.fastapi_app(), s))
+        # The options peer users ask for, all on at once: what they cost over the defaults.
+        fs = apps.buttress_settings(
+            metrics_extra_labels={"tenant": "request:X-Tenant"},
+            metrics_duration_status=True,
+            metrics_request_size=True,
+            access_log_fields="route,status,duration_ms,user_agent,response_bytes,query,referer",
+            rate_limit_header_style="both",
+            request_id_in_request=True,
+            rate_limits={"GET /items/{item_id}": {"limit": apps.NEVER_TRIPS, "cost": 2}},
+        )
+        add("buttress-features-starlette", apps.buttress_stack(apps.starlette_app(), fs))
         why = redis_reachable() if redis else "--no-redis"
         if why is None:
             rs = apps.buttress_settings(rate_limit_storage="redis://127.0.0.1:6379")
