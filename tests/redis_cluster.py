@@ -173,7 +173,9 @@ def redis_cluster() -> Iterator[Cluster]:
                 "--cluster-config-file",
                 "nodes.conf",
                 "--cluster-node-timeout",
-                "1000",
+                # Long enough that a node starved of CPU (a loaded CI machine) is not
+                # failed over by mistake, short enough for a quick real failover.
+                "3000",
             )
         for port in ports:
             wait_until(lambda port=port: _ping(port), f"redis-server on {port} answering PING")
