@@ -31,7 +31,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from buttress._asgi import Scope, Send, get_header, send_json
-from buttress._registry import process_registry
+from buttress._registry import multiprocess_enabled, process_registry
 from buttress.config import ConfigError
 
 __all__ = ["MULTIPROC_ENV", "MetricsEndpoint", "prepare_multiprocess_dir"]
@@ -144,7 +144,7 @@ class MetricsEndpoint:
     def __init__(self, registry: CollectorRegistry, *, token: str | None) -> None:
         self.registry = registry
         self._expected = ("Bearer " + token).encode("latin-1") if token else None
-        self._multiprocess = _multiprocess()
+        self._multiprocess = multiprocess_enabled()
         #: (content type, gzip) -> the encoding under way, shared by scrapes that join it
         self._running: dict[tuple[str, bool], asyncio.Future[bytes]] = {}
 
@@ -212,12 +212,6 @@ class MetricsEndpoint:
         fresh = CollectorRegistry()
         multiprocess.MultiProcessCollector(fresh, path=directory)  # type: ignore[no-untyped-call]
         return fresh
-
-
-def _multiprocess() -> bool:
-    from buttress._registry import multiprocess_enabled
-
-    return multiprocess_enabled()
 
 
 _checked_workers = False

@@ -256,13 +256,16 @@ class ClientKeys:
         #: The common case: the client IP is the key and nobody is allowed through.
         self.ip_only = self._header is None and self._func is None and not nets and not literal
 
+    def _client_ip(self, scope: Scope) -> str | None:
+        """The record's client IP; used alone (no context layer), resolved here."""
+        record = record_of(scope)
+        if record is not None:
+            return record.client_ip
+        return client_ip(scope, self._trusted, self._forwarded)
+
     def ip(self, scope: Scope) -> str:
         """The client-IP key of a request (from the request record when there is one)."""
-        record = record_of(scope)
-        ip = record.client_ip if record is not None else None
-        if record is None:
-            ip = client_ip(scope, self._trusted, self._forwarded)
-        return ip_key(ip, self._prefix)
+        return ip_key(self._client_ip(scope), self._prefix)
 
     async def key_for(self, scope: Scope) -> str | None:
         """The client key of a request, or None when the client is on the allow list."""
@@ -285,10 +288,7 @@ class ClientKeys:
                 if len(key) > 64:  # bound the storage key a callable may produce
                     key = hash_key(key.encode(), self._secret)
         if key is None or self._allow_nets or self._allow_keys:
-            record = record_of(scope)
-            ip = record.client_ip if record is not None else None
-            if record is None:
-                ip = client_ip(scope, self._trusted, self._forwarded)
+            ip = self._client_ip(scope)
             if ip is not None and self._allow_nets and _in_networks(ip, self._allow_nets):
                 return None
             if self._allow_keys and ip in self._allow_keys:
