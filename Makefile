@@ -28,6 +28,7 @@ tools:
 	command -v redis-server >/dev/null 2>&1 || missing="$$missing redis-server"; \
 	command -v promtool >/dev/null 2>&1 || missing="$$missing prometheus"; \
 	command -v memcached >/dev/null 2>&1 || missing="$$missing memcached"; \
+	command -v valgrind >/dev/null 2>&1 || missing="$$missing valgrind"; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    echo "installing$$missing (Debian packages) for the tests"; \

@@ -276,7 +276,7 @@ async def test_stored_api_key_digest_is_keyed_by_a_server_secret(clock: FakeCloc
     )
     async with client_for(mw) as client:
         await client.get("/ok", headers={"X-API-Key": "weak"})
-    stored = {key for table, _, _ in mw.storage._tables for key in table}
+    stored = mw.storage.keys()
     unkeyed = "header:" + hashlib.blake2b(b"weak", digest_size=16).hexdigest()
     assert len(stored) == 1 and "weak" not in next(iter(stored))
     assert unkeyed not in stored

@@ -32,7 +32,7 @@ def test_quick_run_prints_targets_and_writes_json(tmp_path: Path) -> None:
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=110,
+        timeout=170,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     data = json.loads(out.read_text())
@@ -66,6 +66,12 @@ def test_quick_run_prints_targets_and_writes_json(tmp_path: Path) -> None:
     targets = [line for line in proc.stdout.splitlines() if line.startswith(("- PASS", "- MISS"))]
     assert len(targets) >= 5
     assert "| bare-starlette |" in proc.stdout
+    # Instructions per request under valgrind's callgrind (two configurations when quick):
+    # the stack costs more than the bare app, and the target line says by how much.
+    counts = data["callgrind"]
+    assert set(counts) == {"bare", "buttress-sentry"}
+    assert 0 < counts["bare"] < counts["buttress-sentry"]
+    assert "whole stack with Sentry over bare, instructions per request" in proc.stdout
     again = subprocess.run(
         [sys.executable, str(RUN), "--from-json", str(out)],
         cwd=ROOT,

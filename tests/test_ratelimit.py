@@ -444,7 +444,7 @@ def test_memory_storage_stays_bounded(strategy: str, clock: FakeClock) -> None:
     for i in range(100_000):
         mw.decider.decide_memory(plan, f"b{i}", True)
     assert len(store) <= 100_000 + 100
-    assert len(store._heap) <= 100_000 + 100
+    assert len(store.keys()) <= 100_000 + 100
 
 
 @pytest.mark.parametrize("strategy", STRATEGIES)

@@ -164,3 +164,16 @@ def test_route_options_from_the_environment_are_checked() -> None:
     ]:
         with pytest.raises(ConfigError, match=hint):
             Settings.from_env({"BUTTRESS_RATE_LIMITS": json.dumps(bad)})
+
+
+async def test_rate_limit_headers_ride_on_every_answer_even_the_contracts_500(
+    framework: str, clock: FakeClock
+) -> None:
+    """The budget a request spent is on its answer: a 200, the app's 404 and buttress's own 500."""
+    app = buttress.wrap(build(framework), configure_logging=False, rate_limit="10/minute")
+    async with client_for(app) as client:
+        answers = [await client.get(path) for path in ("/items/1", "/nothing-here", "/boom")]
+    assert [r.status_code for r in answers] == [200, 404, 500]
+    assert [r.headers.get("ratelimit-remaining") for r in answers] == ["9", "8", "7"]
+    assert all(r.headers.get("x-request-id") for r in answers)
+    assert answers[2].json() == {"detail": "Internal server error"}

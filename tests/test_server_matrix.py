@@ -81,3 +81,28 @@ def test_several_workers_without_a_multiprocess_dir_are_warned_about(server: str
         out = servers.stop(proc)
     warnings = [x for x in _json_lines(out) if x.get("event") == "metrics_without_multiprocess_dir"]
     assert warnings and warnings[0]["workers"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("server", servers.SERVERS)
+def test_access_log_fields_come_from_what_the_server_received(server: str) -> None:
+    """The query (credentials masked), HTTP version and referer as each server hands them over."""
+    env = {
+        "TEST_WRAPPED": "1",
+        "BUTTRESS_ACCESS_LOG_FIELDS": "route,status,query,http_version,referer",
+    }
+    proc, port = servers.start(server, "tests.served:wrapped", env=env)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
+            client.get(
+                "/items/7?page=2&api_key=sk-live-123456",
+                headers={"Referer": "https://shop.example/cart"},
+            )
+    finally:
+        out = servers.stop(proc)
+    (line,) = [x for x in _json_lines(out) if x.get("logger") == "buttress.access"]
+    assert line["route"] == "/items/{item_id}" and line["status"] == 200
+    assert line["query"].startswith("page=2&api_key=") and "sk-live-123456" not in line["query"]
+    assert line["http_version"] == "1.1"
+    assert line["referer"] == "https://shop.example/cart"
+    assert "user_agent" not in line

@@ -66,6 +66,7 @@ class RequestRecord:
         "client_ip",
         "disconnected",
         "end",
+        "extra_headers",
         "method",
         "path",
         "received",
@@ -104,6 +105,9 @@ class RequestRecord:
         self.sent = 0
         self.received = 0  # request body bytes the app read (for http_request_size_bytes)
         self.response_headers: list[tuple[bytes, bytes]] | None = None
+        # Headers an inner layer adds to the response (the rate limiter's), appended by the
+        # one responder that already rewrites the response start: no send wrapper of its own.
+        self.extra_headers: list[tuple[bytes, bytes]] | None = None
         self.start = time.perf_counter()
         self.end = 0.0
         self.disconnected = False
@@ -165,7 +169,9 @@ class RecordingResponder:
         elif kind == "http.response.start":
             record.status = message["status"]
             if self._id_header is not None:
-                message["headers"] = _with_header(message.get("headers"), self._id_header)
+                message["headers"] = _with_header(
+                    message.get("headers"), self._id_header, record.extra_headers
+                )
             record.response_headers = message.get("headers")
             try:
                 await self._send(message)
@@ -185,12 +191,16 @@ class RecordingResponder:
         return message
 
 
-def _with_header(headers: Headers | None, header: tuple[bytes, bytes]) -> Headers:
-    """The response headers with ours in place of any the app set itself."""
+def _with_header(
+    headers: Headers | None, header: tuple[bytes, bytes], extra: Headers | None = None
+) -> Headers:
+    """The response headers with ours in place of any the app set itself, plus ``extra``."""
     name = header[0]
     # ASGI asks for lower-case names, but an app that set its own id with any case must not
     # keep a second one next to ours.
     out = [h for h in headers or () if h[0].lower() != name]
+    if extra:
+        out += extra
     out.append(header)
     return out
 

@@ -219,6 +219,7 @@ class RequestContextMiddleware:
                 client_error_level=option(
                     "access_log_4xx_level", "access_log_4xx_level", access_log_4xx_level
                 ),
+                context_vars=_structlog_registry(),
             )
             if enabled
             else None

@@ -119,14 +119,15 @@ class ErrorMiddleware:
         warm()
         self._log = structlog.get_logger("buttress.errors")
         self._too_big = LogThrottle(60.0)
+        from buttress.sentry import RequestScopes, client_active, tracing_enabled
+
         # Sentry transactions only when the app turned tracing on (init_sentry runs first).
-        self._traced = "sentry_sdk" in sys.modules and _sentry_tracing()
+        live = "sentry_sdk" in sys.modules
+        self._traced = live and tracing_enabled()
         # Without tracing, each request still gets its own Sentry scope, or breadcrumbs,
         # tags and users set while serving one request would end up on another's event.
         self._scopes: RequestScopes | None = None
-        if not self._traced and "sentry_sdk" in sys.modules and _sentry_active():
-            from buttress.sentry import RequestScopes
-
+        if live and not self._traced and client_active():
             self._scopes = RequestScopes()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -182,7 +183,8 @@ class ErrorMiddleware:
                 raise
             await self._answer_exception(scope, send, exc)
             return
-        await responder.finish()
+        if responder.pending is not None or responder.mode == _HOLD:
+            await responder.finish()
 
     # --- exceptions ---------------------------------------------------------------------
 
@@ -361,6 +363,10 @@ class _Responder:
     async def send(self, message: Message) -> None:
         try:
             if self.mode == _PASS:
+                # A body passes straight on: one call less on every request.
+                if message["type"] == "http.response.body":
+                    await self._send(message)
+                    return
                 await self._pass(message)
             elif self.mode == _HOLD and message["type"] == "http.response.body":
                 await self._hold(message)
@@ -435,15 +441,3 @@ class _Responder:
             # The app returned mid-body: send what it sent rather than nothing.
             await self._send(self.start)
             await self._send({"type": "http.response.body", "body": b"".join(self.held)})
-
-
-def _sentry_active() -> bool:
-    import sentry_sdk
-
-    return sentry_sdk.get_client().is_active()
-
-
-def _sentry_tracing() -> bool:
-    from buttress.sentry import tracing_enabled
-
-    return tracing_enabled()

@@ -328,6 +328,13 @@ class RateLimitMiddleware:
         if not extra:
             await self.app(scope, receive, send)
             return
+        record = scope.get(RECORD_KEY)
+        if record is not None:
+            # The context layer's responder appends them when the response starts (on the
+            # contract's own 500 too): one send wrapper less on every limited request.
+            record.extra_headers = extra
+            await self.app(scope, receive, send)
+            return
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

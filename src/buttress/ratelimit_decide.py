@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
-from buttress.ratelimit_memory import MemoryStore
+from buttress.ratelimit_memory import CounterTable, MemoryStore
 from buttress.ratelimit_redis import ScriptDecider, script_client
 from buttress.ratelimit_rules import Limit, Rule
 from buttress.ratelimit_storage import Limiter, StorageDown, retry_within
@@ -29,7 +29,7 @@ def _expire(task: asyncio.Task[Any], expired: list[bool]) -> None:
     task.cancel()
 
 
-Plan = tuple[tuple[Rule, Limit, dict[str, Any], int], ...]
+Plan = tuple[tuple[Rule, Limit, CounterTable], ...]
 Outcome = tuple["Rule | None", "Limit | None", int, int]
 
 
@@ -62,7 +62,7 @@ class Decider:
         assert self.memory is not None
         table = self.memory.table
         return tuple(
-            (rule, limit, *table(self.strategy, rule.name, limit.n, limit.expiry))
+            (rule, limit, table(self.strategy, rule.name, limit.n, limit.expiry))
             for rule, limit in pairs
         )
 
@@ -132,8 +132,8 @@ class Decider:
         hit = self._hit
         best: Limit | None = None
         best_remaining, best_reset = 1 << 62, 0.0
-        for rule, limit, table, tid in plan:
-            allowed, remaining, reset = hit(table, tid, key, limit.n, limit.expiry, now, cost)
+        for rule, limit, table in plan:
+            allowed, remaining, reset = hit(table, key, limit.n, limit.expiry, now, cost)
             if not allowed:
                 return rule, limit, 0, max(1, math.ceil(reset - now))
             if remaining < best_remaining:
@@ -167,11 +167,11 @@ class Decider:
         pairs = tuple(pairs)
         if self.memory is not None:
             now = time.time()
-            for rule, limit, table, _ in self.plan(pairs):
+            for rule, limit, table in self.plan(pairs):
                 if not self.memory.peek(
                     self.strategy, table, key, limit.n, limit.expiry, now, cost
                 ):
-                    return rule, limit, self._reset_memory(table, key, limit, now)
+                    return rule, limit, max(1, math.ceil(self.memory.retry_in(table, key, now)))
             return None
         script = self.script
         if script is not None:
@@ -194,14 +194,3 @@ class Decider:
                 stats = await limiter.call("get_window_stats", limit.item, rule.name, key)
                 return rule, limit, max(1, math.ceil(float(stats.reset_time) - time.time()))
         return None
-
-    def _reset_memory(self, table: dict[str, Any], key: str, limit: Limit, now: float) -> int:
-        """Seconds until a refused key may pass again (a whole window at most)."""
-        state = table.get(key)
-        if self.strategy == "fixed-window" and state:
-            return max(1, math.ceil(float(state[0]) - now))
-        if self.strategy == "moving-window" and state:
-            inside = [float(t) for t in state if t > now - limit.expiry]
-            if inside:
-                return max(1, math.ceil(inside[0] + limit.expiry - now))
-        return max(1, math.ceil(limit.expiry - now % limit.expiry))

@@ -7,178 +7,107 @@ test (tests/test_ratelimit_memory.py), so the arithmetic is the library's.
 from __future__ import annotations
 
 from collections import deque
-from heapq import heappop, heappush
 from math import floor
-from typing import Any
 
-__all__ = ["MemoryStore"]
+from buttress.ratelimit_tables import FIXED, SLIDING, CounterTable, Tables
+
+__all__ = ["CounterTable", "MemoryStore"]
 
 
-class MemoryStore:
+class MemoryStore(Tables):
     """Counters for ``memory://``: limits' three strategies as a few dict and list operations.
 
     # Strategy: limits' MemoryStorage and strategies cost about 20 µs per allowed request
     # (hit, then window stats, each building string keys and taking a lock); here one call
     # answers allowed, remaining and reset with limits' exact arithmetic. Counters live in
-    # one dict per (strategy, rule, limit), keyed by the client key itself: no key string is
-    # built per request. Memory stays bounded without a thread or a timer: every key gets one
-    # entry in a heap of (deadline, table, key) when it is created, and every hit drops at
-    # most a few keys whose deadline has passed (a key still in use is pushed back with its
-    # new deadline).
-
-    Per key: fixed-window ``[reset_at, count]``; sliding-window-counter
-    ``[window_index, previous_count, current_count]``; moving-window the acquisition times
-    of the last ``amount`` entries, oldest first (a list, or a deque for large amounts).
+    # one ``CounterTable`` per (strategy, rule, limit), keyed by the client key itself: no
+    # key string is built per request. How they are laid out, and dropped without a thread
+    # or a timer, is ``ratelimit_tables``' strategy.
     """
 
-    __slots__ = ("_heap", "_ids", "_tables", "evicted", "max_keys", "on_evict")
-
-    #: Expired keys dropped per hit at most (bounds the work any one request does).
-    SWEEP = 4
-
-    def __init__(self, max_keys: int = 200_000) -> None:
-        self._heap: list[tuple[float, int, str]] = []
-        self._tables: list[tuple[dict[str, Any], str, int]] = []
-        self._ids: dict[tuple[str, str, int, int], int] = {}
-        #: Most keys kept over every table; past it the key nearest its deadline is evicted.
-        self.max_keys = max_keys
-        #: Keys evicted to stay under ``max_keys``; ``on_evict`` is told of each (a metric).
-        self.evicted = 0
-        self.on_evict: Any = None
-
-    def table(self, mode: str, name: str, amount: int, expiry: int) -> tuple[dict[str, Any], int]:
-        """The counters of one limit of one rule (created on first use) and their table id."""
-        ident = (mode, name, amount, expiry)
-        tid = self._ids.get(ident)
-        if tid is None:
-            tid = self._ids[ident] = len(self._tables)
-            self._tables.append(({}, mode, expiry))
-        return self._tables[tid][0], tid
-
-    def __len__(self) -> int:
-        """How many keys are stored, over every table."""
-        return sum(len(table) for table, _, _ in self._tables)
-
-    def reset(self) -> None:
-        """Forget every counter."""
-        self._heap.clear()
-        for table, _, _ in self._tables:
-            table.clear()
-
-    def _admit(self) -> None:
-        """Make room for one new key: past ``max_keys``, evict the entries nearest expiry.
-
-        # Strategy: a flood of fresh keys (random API keys, rotating IPv6 addresses) must
-        # not grow memory without bound. Every key has one heap entry, so the heap's size
-        # is the key count; the heap's first entry is the key whose window ends soonest,
-        # the one whose eviction forgives the least. Each eviction is counted.
-        """
-        heap = self._heap
-        evicted = 0
-        while len(heap) >= self.max_keys:
-            _, tid, key = heappop(heap)
-            if self._tables[tid][0].pop(key, None) is not None:
-                evicted += 1
-        self.evicted += evicted
-        if evicted and self.on_evict is not None:
-            self.on_evict(evicted)
-
-    def sweep(self, now: float) -> None:
-        """Drop up to ``SWEEP`` keys whose window has passed; push live ones back."""
-        heap = self._heap
-        tables = self._tables
-        budget = self.SWEEP
-        while budget and heap and heap[0][0] <= now:
-            budget -= 1
-            _, tid, key = heappop(heap)
-            table, mode, expiry = tables[tid]
-            state = table.get(key)
-            if state is None:
-                continue
-            if mode == "fixed-window":
-                deadline = state[0]
-                if deadline <= now:
-                    del table[key]
-                    continue
-            elif mode == "sliding-window-counter":
-                if int(now / expiry) >= state[0] + 2:
-                    del table[key]
-                    continue
-                deadline = (state[0] + 2) * expiry
-            else:
-                if not state or state[-1] < now - expiry:
-                    del table[key]
-                    continue
-                deadline = state[-1] + expiry
-            heappush(heap, (deadline, tid, key))
+    __slots__ = ()
 
     # Each strategy: ``(allowed, remaining, reset_at)`` for one hit of ``key`` at ``now``
     # costing ``cost``, with limits' arithmetic (``limits.strategies`` over
     # ``limits.storage.MemoryStorage``).
 
     def fixed_window(
-        self,
-        table: dict[str, Any],
-        tid: int,
-        key: str,
-        amount: int,
-        expiry: int,
-        now: float,
-        cost: int = 1,
+        self, table: CounterTable, key: str, amount: int, expiry: int, now: float, cost: int = 1
     ) -> tuple[bool, int, float]:
         """A counter that restarts ``expiry`` seconds after the first hit of its window."""
-        heap = self._heap
-        if heap and heap[0][0] <= now:
+        if now >= self._next:
             self.sweep(now)
-        state = table.get(key)
+        counters = table.counters
+        state = counters.get(key)
         if state is None:
-            if len(heap) >= self.max_keys:
-                self._admit()
+            if self._count >= self.max_keys:
+                self._admit(now)
+            self._count += 1
             reset = now + expiry
-            table[key] = [reset, cost]
-            heappush(heap, (reset, tid, key))
+            counters[key] = reset if cost == 1 else [reset, cost]
+            queue = table.queue
+            if now >= table.opened or not queue:
+                self._open(table, now)
+            queue.append(key)
             count = cost
-        elif state[0] <= now:
-            reset = state[0] = now + expiry
-            count = state[1] = cost
+        elif type(state) is list:
+            if state[0] <= now:
+                reset = state[0] = now + expiry
+                count = state[1] = cost
+            else:
+                reset = state[0]
+                count = state[1] = state[1] + cost  # limits counts rejected hits too
+        elif state <= now:  # a float: the reset of a window hit once
+            reset = now + expiry
+            counters[key] = reset if cost == 1 else [reset, cost]
+            count = cost
         else:
-            reset = state[0]
-            count = state[1] = state[1] + cost  # limits counts rejected hits too
+            reset = state
+            count = 1 + cost
+            counters[key] = [reset, count]
         return count <= amount, amount - count if count < amount else 0, reset
 
     def sliding_window_counter(
-        self,
-        table: dict[str, Any],
-        tid: int,
-        key: str,
-        amount: int,
-        expiry: int,
-        now: float,
-        cost: int = 1,
+        self, table: CounterTable, key: str, amount: int, expiry: int, now: float, cost: int = 1
     ) -> tuple[bool, int, float]:
         """The current window's count plus the previous one's, weighted by its overlap."""
-        heap = self._heap
-        if heap and heap[0][0] <= now:
+        if now >= self._next:
             self.sweep(now)
         # ``x % 1`` of a positive float is exactly ``x - int(x)``: limits' formulas below,
         # without three slow ``fmod`` calls.
         scaled = now / expiry
         window = int(scaled)
-        state = table.get(key)
-        if state is None:
-            if len(heap) >= self.max_keys:
-                self._admit()
-            state = table[key] = [window, 0, 0]
-            heappush(heap, ((window + 2) * expiry, tid, key))
-        elif state[0] != window:
-            state[1] = state[2] if state[0] == window - 1 else 0
-            state[2] = 0
-            state[0] = window
-        previous, current = state[1], state[2]
+        if window != table.window:
+            self._roll(table, window)
+        # A count is an int while the key was counted once and not in the previous window
+        # (the one-shot keys that fill memory), else ``[previous, current]``.
+        counters = table.counters
+        state = counters.get(key)
+        before = None
+        if state is None:  # not counted in this window yet
+            before = table.previous.get(key)
+            previous = 0 if before is None else before if type(before) is int else before[1]
+            current = 0
+        elif type(state) is list:
+            previous, current = state
+        else:
+            previous, current = 0, state
         if not previous:
             allowed = current + cost <= amount
             if allowed:
-                current = state[2] = current + cost
+                current += cost
+                if state is None:
+                    if before is not None:  # counted already, now in this window
+                        del table.previous[key]
+                    else:
+                        if self._count >= self.max_keys:
+                            self._admit(now)
+                        self._count += 1
+                    counters[key] = current
+                elif type(state) is list:
+                    state[1] = current
+                else:
+                    counters[key] = [0, current]
             elif not current:
                 return False, 0, now
             remaining = amount - current if current < amount else 0
@@ -189,7 +118,12 @@ class MemoryStore:
         weight = previous * previous_ttl / expiry
         allowed = floor(weight + current) + cost <= amount
         if allowed:
-            current = state[2] = current + cost
+            current += cost
+            if state is None:  # counted already, now in this window with its previous count
+                del table.previous[key]
+                counters[key] = [previous, current]
+            else:
+                state[1] = current
         remaining = amount - floor(weight + current)
         reset_in = previous_ttl % (expiry / previous)
         if current:
@@ -200,26 +134,23 @@ class MemoryStore:
         return allowed, remaining if remaining > 0 else 0, now + reset_in
 
     def moving_window(
-        self,
-        table: dict[str, Any],
-        tid: int,
-        key: str,
-        amount: int,
-        expiry: int,
-        now: float,
-        cost: int = 1,
+        self, table: CounterTable, key: str, amount: int, expiry: int, now: float, cost: int = 1
     ) -> tuple[bool, int, float]:
         """At most ``amount`` acquisitions in any ``expiry`` seconds."""
-        heap = self._heap
-        if heap and heap[0][0] <= now:
+        if now >= self._next:
             self.sweep(now)
         cutoff = now - expiry
-        times = table.get(key)
+        counters = table.counters
+        times = counters.get(key)
         if times is None:
-            if len(heap) >= self.max_keys:
-                self._admit()
-            times = table[key] = [] if amount <= 256 else deque()
-            heappush(heap, (now + expiry, tid, key))
+            if self._count >= self.max_keys:
+                self._admit(now)
+            self._count += 1
+            times = counters[key] = [] if amount <= 256 else deque()
+            queue = table.queue
+            if now >= table.opened or not queue:
+                self._open(table, now)
+            queue.append(key)
         while times and times[0] < cutoff:  # out of every future window
             del times[0]
         allowed = len(times) + cost <= amount  # else the amount-th newest is still in the window
@@ -232,10 +163,24 @@ class MemoryStore:
             return allowed, amount, now
         return allowed, amount - (count - first), times[first] + expiry
 
+    def _counts(self, table: CounterTable, key: str, window: int) -> tuple[int, int]:
+        """A sliding-window key's previous and current counts in ``window``, changing nothing."""
+        if window > table.window + 1:
+            return 0, 0
+        state = table.counters.get(key)
+        if window == table.window + 1:  # the table has not moved on yet
+            return (0 if state is None else state if type(state) is int else state[1]), 0
+        if state is None:
+            before = table.previous.get(key)
+            return (0 if before is None else before if type(before) is int else before[1]), 0
+        if type(state) is int:
+            return 0, state
+        return state[0], state[1]
+
     def peek(
         self,
         mode: str,
-        table: dict[str, Any],
+        table: CounterTable,
         key: str,
         amount: int,
         expiry: int,
@@ -247,23 +192,34 @@ class MemoryStore:
         For limits counted after the response (``count="failures"``): the request is
         refused up front when it could not be counted, and charged once its status is known.
         """
-        state = table.get(key)
+        if mode == SLIDING:
+            previous, current = self._counts(table, key, int(now / expiry))
+            if not previous:
+                return current + cost <= amount
+            scaled = (now - expiry) / expiry
+            previous_ttl = (1 - (scaled - int(scaled))) * expiry
+            return bool(floor(previous * previous_ttl / expiry + current) + cost <= amount)
+        state = table.counters.get(key)
         if state is None:
             return cost <= amount
-        if mode == "fixed-window":
+        if mode == FIXED:
+            if type(state) is float:
+                return (0 if state <= now else 1) + cost <= amount
             used: int = 0 if state[0] <= now else state[1]
             return used + cost <= amount
-        if mode == "moving-window":  # limits' test() counts entries strictly inside
-            cutoff = now - expiry
-            inside: int = sum(1 for t in state if t > cutoff)
-            return inside + cost <= amount
-        window = int(now / expiry)
-        if state[0] == window:
-            previous, current = state[1], state[2]
-        else:
-            previous, current = (state[2] if state[0] == window - 1 else 0), 0
-        if not previous:
-            return bool(current + cost <= amount)
-        scaled = (now - expiry) / expiry
-        previous_ttl = (1 - (scaled - int(scaled))) * expiry
-        return bool(floor(previous * previous_ttl / expiry + current) + cost <= amount)
+        cutoff = now - expiry  # limits' test() counts entries strictly inside
+        inside: int = sum(1 for t in state if t > cutoff)
+        return inside + cost <= amount
+
+    def retry_in(self, table: CounterTable, key: str, now: float) -> float:
+        """Seconds until a key refused now may pass again: its window's end at the latest."""
+        expiry = table.expiry
+        if table.mode != SLIDING:
+            state = table.counters.get(key)
+            if table.mode == FIXED and state:
+                return float(state if type(state) is float else state[0]) - now
+            if state:
+                for t in state:
+                    if t > now - expiry:
+                        return float(t) + expiry - now
+        return expiry - now % expiry

@@ -24,6 +24,8 @@ from buttress.logs import LogThrottle
 if TYPE_CHECKING:
     from limits import RateLimitItem
 
+    from buttress.ratelimit_tables import CounterTable
+
 __all__ = [
     "ClientKeys",
     "Limit",
@@ -115,8 +117,8 @@ class Rule:
         self.throttle = LogThrottle(throttle_interval)
         self.chain: tuple[Rule, ...] = (self,)
         self.rejections: Any = None
-        #: ``memory://``: (rule, limit, counters, table id) for every limit of the chain.
-        self.plan: tuple[tuple[Rule, Limit, dict[str, Any], int], ...] = ()
+        #: ``memory://``: (rule, limit, counters) for every limit of the chain.
+        self.plan: tuple[tuple[Rule, Limit, CounterTable], ...] = ()
         self._by_key: dict[str, Rule] = {}
         self._by_spec: dict[str, Rule] = {}
 

@@ -90,6 +90,13 @@ def init_sentry(
     return True
 
 
+def client_active() -> bool:
+    """True when a Sentry client with a DSN is initialised."""
+    import sentry_sdk
+
+    return bool(sentry_sdk.get_client().is_active())
+
+
 def tracing_enabled() -> bool:
     """True when the active Sentry client samples transactions."""
     import sentry_sdk
