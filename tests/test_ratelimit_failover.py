@@ -24,7 +24,7 @@ from tests.redis_cluster import redis_cluster, redis_sentinel, wait_until
 LIMIT = 10
 #: Redis replicates asynchronously: a failover may lose the increments the old primary
 #: acknowledged but had not sent on yet, and an answer lost with the primary may have been
-#: counted. The test lets the replica catch up before the kill (``WAIT``), as a quiet
+#: counted. The test lets the replicas catch up before the kill (their offsets), as a quiet
 #: moment would: what is left is the request or two around the kill itself. (Under load a
 #: real failover can lose more: the README says so.)
 ALLOWED_ERROR = 2
@@ -34,12 +34,30 @@ REQUESTS_AFTER = LIMIT + ALLOWED_ERROR + 5
 
 
 def replicated(port: int) -> None:
-    """Wait until the primary on ``port`` has a replica that acknowledged every write."""
+    """Wait until every replica of the primary on ``port`` has every write it accepted.
+
+    ``WAIT`` alone is not that: it waits for the writes of the connection that sends it,
+    and a fresh connection has none, so it returned at once, while the limiter's increments
+    (sent on the servers' connections) could still be on their way. The primary's
+    replication offset covers every client's writes.
+    """
     import redis
 
     client = redis.Redis(port=port)
     try:
-        assert client.execute_command("WAIT", 1, 10_000) >= 1, "the replica never caught up"
+        target = client.info("replication")["master_repl_offset"]
+        deadline = time.monotonic() + 10.0
+        while True:
+            info = client.info("replication")
+            offsets = [
+                value["offset"]
+                for key, value in info.items()
+                if key.startswith("slave") and isinstance(value, dict)
+            ]
+            if offsets and min(offsets) >= target:
+                return
+            assert time.monotonic() < deadline, f"the replicas never caught up: {info}"
+            time.sleep(0.01)
     finally:
         client.close()
 
