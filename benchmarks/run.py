@@ -1,6 +1,6 @@
 """What the buttress stack costs per request, against the bare app and the peer libraries.
 
-    make bench                                   # everything, about 3 minutes
+    make bench                                   # everything, about 8 minutes
     .venv/bin/python benchmarks/run.py --quick   # tiny counts: checks that it runs
     .venv/bin/python benchmarks/run.py --no-network --write-results
 
@@ -10,6 +10,8 @@ Prints a table, the targets as PASS/MISS lines, and writes benchmarks/results.js
 - in process: ``inproc.py`` drives each ASGI app directly with a prebuilt scope, one
   event loop, configurations interleaved round by round; one subprocess per "Sentry
   world", each with its own bare baseline (see RESULTS.md for why);
+- instructions: ``callgrind.py``, every configuration under valgrind's callgrind (N and
+  3N requests), in process and uvicorn itself; skipped, saying why, without valgrind;
 - memory: ``memory.py`` in a fresh process per scenario;
 - network: uvicorn (1 worker) per configuration on a free 127.0.0.1 port, loaded by wrk
   in alternating rounds; skipped, saying why, when wrk is missing.
