@@ -10,7 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -163,16 +163,26 @@ def _output(proc: subprocess.Popen[Any]) -> str:
 
 
 def start_server(
-    args: list[str], env: dict[str, str] | None = None, port: int | None = None
+    args: list[str],
+    env: dict[str, str] | None = None,
+    port: int | None = None,
+    *,
+    cwd: Path = ROOT,
+    base_env: Mapping[str, str] | None = None,
 ) -> tuple[subprocess.Popen[str], int]:
-    """Start ``python -m <args>`` (args include ``{port}``) and wait until it listens."""
+    """Start ``python <args>`` (args include ``{port}``) and wait until it listens.
+
+    ``cwd`` is where it runs, ``base_env`` the environment ``env`` is added to (this
+    process's by default).
+    """
     port = port or free_port()
-    full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+    base = os.environ if base_env is None else base_env
+    full_env = {**base, "PYTHONPATH": str(ROOT), **(env or {})}
     # A file, not a pipe: a server that logs more than a pipe holds would block on write.
     log = tempfile.TemporaryFile("w+", encoding="utf-8")
     proc = subprocess.Popen(
         [sys.executable, *[a.format(port=port) for a in args]],
-        cwd=ROOT,
+        cwd=cwd,
         env=full_env,
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from collections.abc import Callable
@@ -15,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.conftest import ROOT, _output, free_port, start_server, stop, wait_for_port
+from tests.conftest import ROOT, _output, free_port, start_server, stop
 
 APPS = textwrap.dedent(
     """
@@ -90,24 +89,8 @@ def _serve(
     cwd: Path, *args: str, env: dict[str, str] | None = None
 ) -> tuple[subprocess.Popen[str], int]:
     """Start `buttress run ARGS` in ``cwd`` (the user's project) and wait until it listens."""
-    port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("BUTTRESS_")}
-    log = tempfile.TemporaryFile("w+", encoding="utf-8")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "buttress.cli", "run", *[a.format(port=port) for a in args]],
-        cwd=cwd,
-        env={**clean, "PYTHONPATH": str(ROOT), **(env or {})},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    proc._buttress_log = log  # type: ignore[attr-defined]
-    try:
-        wait_for_port(port, proc)
-    except BaseException:
-        stop(proc)
-        raise
-    return proc, port
+    return start_server(["-m", "buttress.cli", "run", *args], env, cwd=cwd, base_env=clean)
 
 
 def _until(check: Callable[[], bool], what: str, proc: subprocess.Popen[Any]) -> None:
