@@ -497,6 +497,7 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
         allowed = med(bsent, "buttress-starlette")
         target("a 429 cheaper than an allowed request", c429 / allowed, 1.0, "x",
                c429 < allowed, f"{c429:.1f} µs vs {allowed:.1f} µs")  # fmt: skip
+    cg = results.get("callgrind", {})
     net = results.get("network", {})
     if "configs" in net:
         configs = net["configs"]
@@ -508,7 +509,6 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
                 continue
             bare_rps, full_rps = configs[bare]["rps"], configs[full]["rps"]
             r = full_rps / bare_rps if bare_rps else float("nan")
-            cg = results.get("callgrind", {})
             counted = (
                 f"; uvicorn's instructions per request {cg['server-buttress'] / 1000:.0f}k vs "
                 f"{cg['server-bare'] / 1000:.0f}k (callgrind)"
@@ -531,7 +531,6 @@ def analyse(results: dict[str, Any]) -> dict[str, Any]:
                    f"buttress run --workers 2: {on:.1f} µs per request with metrics, {off:.1f} "
                    f"without; req/s {configs['workers-metrics']['rps']:.0f} vs "
                    f"{configs['workers-no-metrics']['rps']:.0f}")  # fmt: skip
-    cg = results.get("callgrind", {})
     if "bare" in cg and "buttress-sentry" in cg:
         v = cg["buttress-sentry"] - cg["bare"]
         target("whole stack with Sentry over bare, instructions per request", v,
