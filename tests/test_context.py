@@ -82,7 +82,9 @@ async def test_malformed_request_id_is_replaced(bad: bytes, logs: LogCapture) ->
 
 async def test_custom_request_id_header(logs: LogCapture) -> None:
     """BUTTRESS_REQUEST_ID_HEADER picks the header that is read and echoed."""
-    stack = RequestContextMiddleware(_json_ok, request_id_header="X-Correlation-ID")
+    stack = RequestContextMiddleware(
+        _json_ok, request_id_header="X-Correlation-ID"
+    )
     messages = await call(stack, http_scope(headers=[(b"x-correlation-id", b"corr-1")]))
     headers = response_headers(messages)
     assert headers[b"x-correlation-id"] == b"corr-1"
@@ -314,13 +316,12 @@ async def test_starlette_add_middleware(logs: LogCapture) -> None:
 
 def test_structlog_keeps_one_context_variable_per_key() -> None:
     """The layer sets structlog's own context variables; structlog sees and clears them as its own."""
-    from buttress.context import _BOUND_KEYS, _structlog_vars
-    from buttress.logs import structlog_registry
+    from buttress.context import _BOUND_KEYS, _structlog_registry, _structlog_vars
 
     found = _structlog_vars()
     assert set(found) == set(_BOUND_KEYS)
     # The table a request is cleaned through holds exactly structlog's variables.
-    registry = structlog_registry()
+    registry = _structlog_registry()
     assert set(found.values()) <= set(registry.values())
     structlog.contextvars.bind_contextvars(probe_key="x")
     assert "structlog_probe_key" in registry

@@ -93,6 +93,22 @@ def _structlog_vars() -> dict[str, ContextVar[Any]]:
     return found
 
 
+def _structlog_registry() -> dict[str, ContextVar[Any]]:
+    """structlog's own table of its context variables, one per bound key.
+
+    # Strategy: a request must start from a clean structlog context. Under a server each
+    # request runs in a task of its own, but a test client (httpx's ``ASGITransport``) or a
+    # proxying app serves requests one after another in one task, and a key the app bound
+    # with ``bind_contextvars`` would appear on the next request's lines. Scanning every
+    # context variable of the process per request costs thousands of instructions; this
+    # table holds only structlog's, and while it holds only the keys this layer sets itself
+    # (the common case) there is nothing to clean at all. The table is private to
+    # structlog: tests/test_context.py fails the day it moves, and so does this lookup.
+    """
+    registry: dict[str, ContextVar[Any]] = structlog.contextvars._CONTEXT_VARS
+    return registry
+
+
 def _unbind_foreign(
     registry: dict[str, ContextVar[Any]], own: frozenset[ContextVar[Any]]
 ) -> dict[ContextVar[Any], Any]:
@@ -183,7 +199,7 @@ class RequestContextMiddleware:
         access_log_fields: Iterable[str] | str = ACCESS_DEFAULT_FIELDS,
         access_log_4xx_level: str = "warning",
     ) -> None:
-        from buttress.logs import AccessLogger, LogThrottle, structlog_registry
+        from buttress.logs import AccessLogger, LogThrottle
 
         self.app = app
         header = option("request_id_header", "request_id_header", request_id_header)
@@ -211,7 +227,7 @@ class RequestContextMiddleware:
             option("access_log_exclude", "access_log_exclude", access_log_exclude)
         )
         v = _structlog_vars()
-        self._registry = structlog_registry()
+        self._registry = _structlog_registry()
         self._own = frozenset(v.values())
         self._n_own = len(self._own)
         self._v_request_id, self._v_method, self._v_path = v["request_id"], v["method"], v["path"]

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import logging
 import os
@@ -18,7 +19,6 @@ import sys
 import threading
 import time
 from collections.abc import Iterable
-from contextvars import ContextVar
 from typing import Any, TextIO
 
 import orjson
@@ -255,23 +255,6 @@ def mark_logged(exc: BaseException) -> None:
         setattr(exc, LOGGED_MARK, True)
 
 
-def structlog_registry() -> dict[str, ContextVar[Any]]:
-    """structlog's own table of its context variables, one per bound key.
-
-    # Strategy: a request must start from a clean structlog context. Under a server each
-    # request runs in a task of its own, but a test client (httpx's ``ASGITransport``) or a
-    # proxying app serves requests one after another in one task, and a key the app bound
-    # with ``bind_contextvars`` would appear on the next request's lines. Scanning every
-    # context variable of the process per request costs thousands of instructions; this
-    # table holds only structlog's, and while it holds only the keys the context layer
-    # sets itself (the common case) there is nothing to clean at all. The access line reads
-    # the bound values from it too. The table is private to structlog:
-    # tests/test_context.py fails the day it moves, and so does this lookup.
-    """
-    registry: dict[str, ContextVar[Any]] = structlog.contextvars._CONTEXT_VARS
-    return registry
-
-
 class AccessLogger:
     """Writes the one access-log event of a request; levels follow the status class.
 
@@ -372,10 +355,6 @@ class _DirectWriter:
 
     def __init__(self, file: TextIO, level: int) -> None:
         self._file = file
-        # structlog's own registry of its context variables (name -> variable): reading
-        # those few variables costs far less than scanning every variable of the context
-        # (Sentry's, the app's) for structlog's.
-        self._vars = structlog_registry()
         self._fd: int | None = None
         try:
             file.flush()
@@ -392,11 +371,16 @@ class _DirectWriter:
 
     def write(self, event: dict[str, Any], level: str) -> None:
         event["event"] = "request"
-        # A copy: another thread binding a new key must not change the dict mid-loop.
-        for name, var in tuple(self._vars.items()):  # keyed "structlog_<key>"
-            value = var.get()
-            if value is not Ellipsis:
-                event.setdefault(name[10:], value)
+        # Every variable of the context, as structlog's ``merge_contextvars`` reads them:
+        # its order is the context's, so the line's keys come in the chain's order.
+        # (Reading structlog's own table instead costs less but orders the keys by when
+        # each was first bound: tests/test_logs.py checks the order.)
+        for var in contextvars.copy_context():
+            name = var.name
+            if name.startswith("structlog_"):
+                value = var.get()
+                if value is not Ellipsis:
+                    event.setdefault(name[10:], value)
         event["level"] = level
         event["logger"] = "buttress.access"
         event["timestamp"] = self._clock.now()
