@@ -42,6 +42,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 WARMUP = 50
+#: The stack's limit here: one whose window does not end during a run. With the in-process
+#: benchmark's ``1000000/second``, how many window ends a run met depended on how slowly
+#: valgrind ran, and moved the counts by a few thousand instructions from run to run.
+STEADY = "1000000000/hour"
 
 #: One option each that the peer features of issue 14 turn on (the rest at their defaults).
 FEATURES: dict[str, dict[str, Any]] = {
@@ -53,9 +57,7 @@ FEATURES: dict[str, dict[str, Any]] = {
     },
     "rate-limit-headers-both": {"rate_limit_header_style": "both"},
     "request-id-in-request": {"request_id_in_request": True},
-    "rate-limit-cost": {
-        "rate_limits": {"GET /items/{item_id}": {"limit": "1000000/second", "cost": 2}}
-    },
+    "rate-limit-cost": {"rate_limits": {"GET /items/{item_id}": {"limit": STEADY, "cost": 2}}},
 }
 
 IN_PROCESS = (
@@ -85,7 +87,7 @@ NEEDS_REDIS = {"buttress-redis", "slowapi-redis"}
 def _stack(app: Any, **overrides: Any) -> Any:
     import apps
 
-    s = apps.buttress_settings(**overrides)
+    s = apps.buttress_settings(**{"rate_limit": STEADY, **overrides})
     apps.configure_buttress_logging(s)
     return apps.buttress_stack(app, s)
 
@@ -103,7 +105,7 @@ def build(name: str, url: str) -> Any:
         apps.init_buttress_sentry(apps.buttress_settings())
         return app
     if name.startswith("layer-"):
-        s = apps.buttress_settings()
+        s = apps.buttress_settings(rate_limit=STEADY)
         apps.configure_buttress_logging(s)
         return apps.buttress_layer(name[len("layer-") :], apps.starlette_app(), s)
     if name in ("buttress", "buttress-multiprocess"):  # (main() set the multiprocess dir)
@@ -146,7 +148,7 @@ def build(name: str, url: str) -> Any:
         slow, _ = apps.slowapi_middleware()
         app.state.limiter = Limiter(
             key_func=get_remote_address,
-            default_limits=[apps.NEVER_TRIPS],
+            default_limits=[STEADY],
             storage_uri=url,
             headers_enabled=True,
         )
